@@ -1,0 +1,173 @@
+"""Documents out of one file, whatever state the file is in.
+
+`read_documents` never raises for bad content: every unit it cannot use comes out as a document
+with empty text and a named reason (`empty_file`, `binary`, `invalid_utf8`, `malformed_json`,
+`non_object_json`, `missing_text_field`, `null_text`, `non_string_text`, `truncated_gzip`,
+`corrupt_gzip`, `corrupt_parquet`, `missing_text_column`, `unreadable_file`), so every document
+read is accounted for downstream.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import zlib
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raylm import storage
+from raylm.data.sources import SourceFile
+
+Document = tuple[int, str, str]  # (index in file, text, drop reason); text is "" when dropped
+BINARY_SNIFF_BYTES = 8192
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def read_documents(file: SourceFile, text_field: str, separator: re.Pattern | None) -> Iterator[Document]:
+    if file.size == 0:
+        yield 0, "", "empty_file"
+        return
+    try:
+        if file.format == "parquet":
+            yield from _parquet(file, text_field)
+        elif file.format == "jsonl":
+            yield from _json_lines(_open_lines(file), text_field)
+        else:
+            data, broken = _read_all(file)
+            if broken:
+                yield 0, "", broken
+            elif file.format == "json":
+                yield from _json_document(data, text_field)
+            else:
+                yield from _text(data, separator)
+    except OSError:  # vanished or unreadable mid-run: counted, not fatal
+        yield 0, "", "unreadable_file"
+
+
+def _read_all(file: SourceFile) -> tuple[bytes, str]:
+    with storage.open_input(file.path) as stream:
+        raw = stream.read()
+    if not file.compressed:
+        return raw, ""
+    try:
+        return gzip.decompress(raw), ""
+    except EOFError:
+        return b"", "truncated_gzip"
+    except (gzip.BadGzipFile, zlib.error):
+        return b"", "corrupt_gzip"
+
+
+def _decode(data: bytes) -> tuple[str, str]:
+    if not data:
+        return "", "empty_file"
+    if b"\x00" in data[:BINARY_SNIFF_BYTES]:
+        return "", "binary"
+    try:
+        return data.decode("utf-8-sig"), ""
+    except UnicodeDecodeError:
+        return "", "invalid_utf8"
+
+
+def _text(data: bytes, separator: re.Pattern | None) -> Iterator[Document]:
+    text, reason = _decode(data)
+    if reason or separator is None:
+        yield 0, text, reason
+        return
+    pieces = (piece for piece in separator.split(text) if piece and not piece.isspace())
+    yield from ((i, piece, "") for i, piece in enumerate(pieces))
+
+
+def _text_of(item: object, field: str) -> tuple[str, str]:
+    if not isinstance(item, dict):
+        return "", "non_object_json"
+    if field not in item:
+        return "", "missing_text_field"
+    value = item[field]
+    if value is None:
+        return "", "null_text"
+    if not isinstance(value, str):
+        return "", "non_string_text"
+    return value, ""
+
+
+def _json_line(line: bytes, field: str) -> tuple[str, str]:
+    try:
+        return _text_of(json.loads(line), field)
+    except UnicodeDecodeError:
+        return "", "invalid_utf8"
+    except ValueError:
+        return "", "malformed_json"
+
+
+def _json_document(data: bytes, field: str) -> Iterator[Document]:
+    text, reason = _decode(data)
+    if reason:
+        yield 0, "", reason
+        return
+    try:
+        parsed = json.loads(text)
+    except ValueError:  # many .json files are JSON Lines
+        yield from _json_lines(iter(io.BytesIO(data)), field)
+        return
+    for i, item in enumerate(parsed if isinstance(parsed, list) else [parsed]):
+        yield (i, *_text_of(item, field))
+
+
+def _open_lines(file: SourceFile) -> Iterator[bytes | str]:
+    """Lines of a JSON Lines file, streamed; a broken gzip ends with the reason as a str."""
+    with storage.open_input(file.path) as raw:
+        stream = gzip.GzipFile(fileobj=raw) if file.compressed else io.BufferedReader(raw)
+        head = stream.peek(BINARY_SNIFF_BYTES)[:BINARY_SNIFF_BYTES] if hasattr(stream, "peek") else b""
+        if b"\x00" in head:
+            yield "binary"
+            return
+        try:
+            yield from stream
+        except EOFError:
+            yield "truncated_gzip"
+        except (gzip.BadGzipFile, zlib.error):
+            yield "corrupt_gzip"
+
+
+def _json_lines(lines: Iterator[bytes | str], field: str) -> Iterator[Document]:
+    for number, line in enumerate(lines):
+        if isinstance(line, str):  # the stream broke here: the rest of the file is one lost unit
+            yield number, "", line
+            return
+        if line.strip():
+            yield (number, *_json_line(line, field))
+
+
+def _parquet(file: SourceFile, field: str) -> Iterator[Document]:
+    try:
+        if file.compressed:
+            data, broken = _read_all(file)
+            if broken:
+                yield 0, "", broken
+                return
+            parquet = pq.ParquetFile(pa.BufferReader(data))
+        else:
+            parquet = pq.ParquetFile(storage.open_input(file.path, seekable=True))
+    except (pa.ArrowException, OSError, ValueError):
+        yield 0, "", "corrupt_parquet"
+        return
+    rows = parquet.metadata.num_rows
+    if field not in parquet.schema_arrow.names:
+        yield from ((i, "", "missing_text_column") for i in range(rows))
+        return
+    column_type = parquet.schema_arrow.field(field).type
+    if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type) or pa.types.is_string_view(column_type)):
+        yield from ((i, "", "non_string_text") for i in range(rows))
+        return
+    index = 0
+    try:
+        for batch in parquet.iter_batches(columns=[field], batch_size=4096):
+            for value in batch.column(0).to_pylist():
+                yield (index, value, "") if value is not None else (index, "", "null_text")
+                index += 1
+    except (pa.ArrowException, OSError, ValueError):
+        yield from ((i, "", "corrupt_parquet") for i in range(index, rows))

@@ -1,0 +1,384 @@
+"""`raylm prepare`: raw text to packed token shards, as one Ray Data graph.
+
+    files ─ read ─ clean ─ filter ─(fingerprint)─┬─(dedup: bucket minima, join back)─┐
+                                                 └───────────────────────────────────┴─ tokenize+pack+write ─ tails ─ publish
+                                                          (tokenizer: sample ─ train)
+
+Every step is a Ray Data operation that runs wherever the cluster has CPUs; the driver only lists
+files, launches the graph and sums one small statistics row per batch. Dropped documents keep
+flowing (text emptied, reason set) to the last stage, which counts every document exactly once:
+documents read = kept + dropped per reason. Output goes to a staging folder and is published in
+one step at the end, so an interrupted run never leaves a dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import resource
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data import ActorPoolStrategy, Dataset
+
+from raylm import __version__, runtime, storage
+from raylm.config import Config, DataConfig, dump_config
+from raylm.data import dedup
+from raylm.data.clean import clean_texts
+from raylm.data.filters import apply_quality_filters
+from raylm.data.formats import read_documents
+from raylm.data.pack import SPLITS, TAIL_COLUMNS, TokenizeAndWrite, write_tail_shards
+from raylm.data.sources import SourceFile, SourceListing, list_sources
+from raylm.data.tokenizer import fingerprint, load_tokenizer_json, token_dtype, train_bpe, vocabulary
+from raylm.errors import RaylmError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = "raylm.prepared/1"
+READ_CHUNK_DOCS = 4096
+READ_CHUNK_BYTES = 16 << 20
+UPSTREAM_CPU_RESERVE = 0.5  # left free by the tokenizer actors so read/clean/filter tasks still run
+LIGHT_TASK_CPUS = 0.25  # fractional, so those tasks fit next to the actors on any machine
+
+
+@ray.remote(num_cpus=0)
+class StageClock:
+    """Busy seconds, documents and bytes per stage, reported by the workers once per batch."""
+
+    def __init__(self):
+        self.totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0])
+
+    def record(self, stage: str, seconds: float, documents: int, nbytes: int) -> None:
+        total = self.totals[stage]
+        total[0] += seconds
+        total[1] += documents
+        total[2] += nbytes
+
+    def report(self) -> dict:
+        return {
+            stage: {
+                "busy_seconds": round(seconds, 3),
+                "documents": int(documents),
+                "bytes": int(nbytes),
+                "mb_per_busy_second": round(nbytes / 1e6 / seconds, 2) if seconds else None,
+            }
+            for stage, (seconds, documents, nbytes) in self.totals.items()
+        }
+
+
+def prepare(config: Config, address: str | None = None, num_cpus: int | None = None, log=print) -> dict:
+    """Run the whole stage; return the manifest (also written as `manifest.json`).
+
+    Inputs, tokenizer and output are checked before Ray starts, so a wrong path costs nothing.
+    """
+    data = config.data
+    started = time.time()
+    listing = list_sources(data)
+    tokenizer_json = load_tokenizer_json(data.tokenizer.path) if data.tokenizer.path else None
+    output = storage.absolute(data.output)
+    storage.check_writable(output)
+    runtime.init_ray(address, num_cpus)
+    log(f"prepare: {len(listing.files)} files, {sum(f.size for f in listing.files) / 1e6:.1f} MB -> {output}")
+
+    staging = storage.staging_folder(output)
+    clock = StageClock.remote()
+    phases: dict[str, float] = {}
+    deduplicate = data.dedup.exact or data.dedup.near
+    try:
+        docs = _documents(listing, data, clock)
+        streaming = not deduplicate and tokenizer_json is not None  # one pass suffices
+        if not streaming:  # later steps need several passes over the documents
+            mark = time.time()
+            docs = docs.materialize()
+            phases["read_clean_filter"] = time.time() - mark
+        if deduplicate:
+            docs = _deduplicate(docs, data, phases, log)
+        if tokenizer_json is None:
+            tokenizer_json = _train_tokenizer(docs, data, phases, log)
+        vocab_size, eos_id = vocabulary(tokenizer_json)
+        dtype = token_dtype(vocab_size)
+        storage.write_bytes(storage.join(staging, "tokenizer.json"), tokenizer_json.encode())
+
+        mark = time.time()
+        batch_stats = _tokenize_and_write(docs, data, tokenizer_json, dtype, staging, clock)
+        totals, tails = ray.get(_finish_batches.remote(batch_stats, data.seq_len, staging, dtype))
+        phases[("read_clean_filter_" if streaming else "") + "tokenize_pack_write"] = time.time() - mark
+        kept = sum(split["documents"] for split in totals["splits"].values())
+        if kept == 0:
+            raise RaylmError(
+                f"no documents left in {data.sources} after cleaning, filtering and dedup "
+                f"(dropped: {dict(totals['dropped'])}); nothing was written"
+            )
+
+        manifest = _manifest(config, listing, totals, tails, tokenizer_json, (vocab_size, eos_id), dtype, output)
+        manifest["stages"] = ray.get(clock.report.remote())
+        manifest["phases_seconds"] = {name: round(seconds, 3) for name, seconds in phases.items()}
+        manifest["wall_seconds"] = round(time.time() - started, 3)
+        manifest["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        storage.write_bytes(storage.join(staging, "config.yaml"), dump_config(config).encode())
+        storage.write_bytes(storage.join(staging, MANIFEST), json.dumps(manifest, indent=2).encode())
+        storage.publish(staging, output, commit_marker=MANIFEST)
+    finally:
+        storage.delete_dir(staging)  # no-op once published
+        ray.kill(clock)
+    _log_summary(manifest, log)
+    return manifest
+
+
+# ------------------------------------------------------------------------------ the graph
+
+
+def _documents(listing: SourceListing, data: DataConfig, clock) -> Dataset:
+    """read -> clean -> filter (-> fingerprint): one fused task per block of files."""
+    files = [{**asdict(f), "file_index": i} for i, f in enumerate(listing.files)]
+    docs = ray.data.from_items(files, override_num_blocks=min(len(files), 200))
+    docs = docs.map_batches(_read_files, fn_kwargs={"data": data, "clock": clock}, batch_size=None,
+                            batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
+    docs = docs.map_batches(_clean, fn_kwargs={"data": data, "clock": clock}, batch_format="pyarrow",
+                            num_cpus=LIGHT_TASK_CPUS)
+    docs = docs.map_batches(_filter, fn_kwargs={"data": data, "clock": clock}, batch_format="pyarrow",
+                            num_cpus=LIGHT_TASK_CPUS)
+    if data.dedup.exact or data.dedup.near:
+        docs = docs.map_batches(_fingerprint, fn_kwargs={"data": data, "clock": clock}, batch_format="pyarrow",
+                                num_cpus=LIGHT_TASK_CPUS)
+    return docs
+
+
+def _deduplicate(docs: Dataset, data: DataConfig, phases: dict, log) -> Dataset:
+    mark = time.time()
+    partitions = max(2, int(runtime.cluster_cpus()), docs.size_bytes() // (256 << 20))
+    removed = dedup.find_duplicates(docs, partitions).materialize()
+    docs = dedup.mark_duplicates(docs, removed, partitions).materialize()
+    phases["dedup"] = time.time() - mark
+    log(f"prepare: dedup marked {removed.count()} duplicates in {phases['dedup']:.1f}s")
+    return docs
+
+
+def _train_tokenizer(docs: Dataset, data: DataConfig, phases: dict, log) -> str:
+    mark = time.time()
+    per_block = docs.map_batches(_train_bytes, batch_size=None, batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
+    train_bytes = sum(row["bytes"] for row in per_block.take_all())
+    if not train_bytes:
+        raise RaylmError(f"no training documents left in {data.sources} to train a tokenizer on "
+                         "(all were dropped or held out); see data.filters.profile and data.split")
+    fraction = min(1.0, data.tokenizer.sample_bytes / train_bytes)
+    sample = docs.map_batches(_sample, fn_kwargs={"fraction": fraction}, batch_format="pyarrow",
+                              num_cpus=LIGHT_TASK_CPUS).materialize()
+    cpus = runtime.largest_node_cpus()
+    trained = _train_bpe_task.options(num_cpus=cpus, runtime_env=_threads_env(cpus))
+    tokenizer_json = ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency))
+    phases["tokenizer"] = time.time() - mark
+    log(f"prepare: trained a {data.tokenizer.vocab_size}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
+        f"in {phases['tokenizer']:.1f}s")
+    return tokenizer_json
+
+
+def _tokenize_and_write(docs: Dataset, data: DataConfig, tokenizer_json: str, dtype: str, staging: str, clock) -> Dataset:
+    cpus = runtime.cluster_cpus()
+    actors = max(1, int(cpus))
+    return docs.map_batches(
+        TokenizeAndWrite,
+        fn_constructor_kwargs={"tokenizer_json": tokenizer_json, "seq_len": data.seq_len, "output": staging,
+                               "dtype": dtype, "clock": clock},
+        batch_size=data.batch_size,
+        batch_format="pyarrow",
+        compute=ActorPoolStrategy(size=actors),
+        num_cpus=max(0.1, (cpus - UPSTREAM_CPU_RESERVE) / actors),
+        runtime_env=_threads_env(1),
+    ).materialize()
+
+
+@ray.remote(num_cpus=0)
+def _finish_batches(batch_stats: Dataset, seq_len: int, staging: str, dtype: str) -> tuple[dict, dict]:
+    """Sum the per-batch statistics and pack every batch's leftover tokens, in batch order:
+    one pass over one small row per batch, off the driver."""
+    rows = [row for batch in batch_stats.iter_batches(batch_format="pyarrow") for row in batch.to_pylist()]
+    rows.sort(key=lambda row: row["key"])
+    leftovers = {split: [row[column] for row in rows] for split, column in TAIL_COLUMNS.items()}
+    return _sum_batch_stats(row["stats"] for row in rows), write_tail_shards(leftovers, seq_len, staging, dtype)
+
+
+@ray.remote
+def _train_bpe_task(sample: Dataset, vocab_size: int, min_frequency: int) -> str:
+    texts = (t for b in sample.iter_batches(batch_format="pyarrow", batch_size=256) for t in b.column("text").to_pylist())
+    return train_bpe(texts, vocab_size, min_frequency).to_str()
+
+
+def _threads_env(threads: int) -> dict:
+    """Rust thread pools size themselves from the environment, before the first call."""
+    return {"env_vars": {"RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": str(threads > 1).lower()}}
+
+
+# ------------------------------------------------------------------------- stage functions
+
+
+def _timed(clock, stage: str, started: float, table: pa.Table) -> None:
+    if clock is not None:
+        clock.record.remote(stage, time.perf_counter() - started, table.num_rows,
+                            pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
+
+
+def _read_files(files: pa.Table, data: DataConfig, clock) -> Iterator[pa.Table]:
+    """Documents of a block of files, in chunks, with ids, split and drop reason."""
+    separator = re.compile(data.document_separator) if data.document_separator else None
+    columns = defaultdict(list)
+    size = 0
+    started = time.perf_counter()
+    for row in files.to_pylist():
+        file_index = row.pop("file_index")
+        source = SourceFile(**row)
+        for index, text, reason in read_documents(source, data.text_field, separator):
+            doc_hash = _doc_hash(f"{data.split.seed}:{source.key}#{index}")
+            columns["file"].append(source.path)
+            columns["index"].append(index)
+            columns["order"].append((file_index << 32) | index)
+            columns["kind"].append(source.kind)
+            columns["split"].append(source.split if source.split != "train" else _split_of(doc_hash, data))
+            columns["doc_hash"].append(doc_hash)
+            columns["text"].append(text)
+            columns["reason"].append(reason)
+            size += len(text)
+            if len(columns["text"]) >= READ_CHUNK_DOCS or size >= READ_CHUNK_BYTES:
+                table = _table(columns)
+                _timed(clock, "read", started, table)
+                yield table
+                columns, size, started = defaultdict(list), 0, time.perf_counter()
+    if columns:
+        table = _table(columns)
+        _timed(clock, "read", started, table)
+        yield table
+
+
+def _table(columns: dict[str, list]) -> pa.Table:
+    return pa.table({**columns, "doc_hash": pa.array(columns["doc_hash"], pa.uint64())})
+
+
+def _doc_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
+
+
+def _split_of(doc_hash: int, data: DataConfig) -> str:
+    """Deterministic: the top 32 bits of the id hash, as a fraction, against the split fractions."""
+    u = (doc_hash >> 32) / 2**32
+    return "test" if u < data.split.test else "val" if u < data.split.test + data.split.val else "train"
+
+
+def _clean(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
+    started = time.perf_counter()
+    text = clean_texts(batch.column("text"), data.clean)
+    emptied = pc.and_(pc.equal(batch.column("reason"), ""), pc.equal(text, ""))
+    reason = pc.if_else(emptied, "empty", batch.column("reason"))
+    batch = batch.set_column(batch.schema.get_field_index("text"), "text", text)
+    batch = batch.set_column(batch.schema.get_field_index("reason"), "reason", reason)
+    _timed(clock, "clean", started, batch)
+    return batch
+
+
+def _filter(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
+    started = time.perf_counter()
+    texts, reasons, lines_removed = [], [], []
+    for text, kind, reason in zip(*(batch.column(c).to_pylist() for c in ("text", "kind", "reason"))):
+        if not reason:
+            result = apply_quality_filters(text, kind, data.filters)
+            text, reason = ("", result.reason) if result.reason else (result.text, "")
+            lines_removed.append(result.lines_removed)
+        else:
+            lines_removed.append(0)
+        texts.append(text)
+        reasons.append(reason)
+    _timed(clock, "filter", started, batch)
+    batch = batch.drop_columns(["text", "reason"])
+    return batch.append_column("text", pa.array(texts, pa.string())).append_column(
+        "reason", pa.array(reasons, pa.string())
+    ).append_column("lines_removed", pa.array(lines_removed, pa.int64()))
+
+
+def _fingerprint(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
+    started = time.perf_counter()
+    batch = dedup.add_fingerprints(batch, data.dedup)
+    _timed(clock, "fingerprint", started, batch)
+    return batch
+
+
+def _train_bytes(batch: pa.Table) -> pa.Table:
+    train = batch.filter(pc.and_(pc.equal(batch.column("reason"), ""), pc.equal(batch.column("split"), "train")))
+    return pa.table({"bytes": [pc.sum(pc.binary_length(train.column("text"))).as_py() or 0]})
+
+
+def _sample(batch: pa.Table, fraction: float) -> pa.Table:
+    """Kept train documents whose low 32 hash bits fall under `fraction`: the same sample every run."""
+    low_bits = pc.bit_wise_and(batch.column("doc_hash"), pa.scalar(0xFFFFFFFF, pa.uint64()))
+    chosen = pc.and_(
+        pc.and_(pc.equal(batch.column("reason"), ""), pc.equal(batch.column("split"), "train")),
+        pc.less(low_bits, pa.scalar(int(fraction * 2**32), pa.uint64())),
+    )
+    return batch.filter(chosen).select(["text"])
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def _sum_batch_stats(rows) -> dict:
+    totals = {"dropped": Counter(), "lines_removed": 0, "shards": [],
+              "splits": {s: Counter() for s in SPLITS}}
+    for row in rows:
+        stats = json.loads(row)
+        totals["dropped"].update(stats["dropped"])
+        totals["lines_removed"] += stats["lines_removed"]
+        totals["shards"].extend(stats["shards"])
+        for split, values in stats["splits"].items():
+            totals["splits"][split].update(values)
+    return totals
+
+
+def _manifest(config, listing, totals, tails, tokenizer_json, vocabulary, dtype, output) -> dict:
+    splits = {}
+    for split in SPLITS:
+        counts, tail = totals["splits"][split], tails[split]
+        shards = sorted(s for s in totals["shards"] if s.startswith(split + "/"))
+        splits[split] = {
+            "documents": counts["documents"],
+            "bytes": counts["bytes"],
+            "tokens": counts["tokens"],
+            "sequences": counts["sequences"] + tail["sequences"],
+            "tokens_not_written": tail["tokens_not_written"],
+            "shards": shards + ([tail["shard"]] if tail["shard"] else []),
+        }
+    dropped = dict(sorted(totals["dropped"].items()))
+    kept = sum(s["documents"] for s in splits.values())
+    return {
+        "format": FORMAT_VERSION,
+        "raylm_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "output": output,
+        "files": {"read": len(listing.files), "bytes": sum(f.size for f in listing.files),
+                  "skipped": dict(listing.skipped)},
+        "documents": {"read": kept + sum(dropped.values()), "kept": kept, "dropped": dropped,
+                      "kept_per_split": {s: splits[s]["documents"] for s in SPLITS}},
+        "dedup": {"exact": dropped.get("exact_duplicate", 0), "near": dropped.get("near_duplicate", 0),
+                  "lsh_bands_rows": list(dedup.lsh_bands(config.data.dedup.threshold, config.data.dedup.num_perm))},
+        "lines_removed": totals["lines_removed"],
+        "seq_len": config.data.seq_len,
+        "dtype": dtype,
+        "splits": splits,
+        "tokenizer": {"file": "tokenizer.json", "sha256": fingerprint(tokenizer_json), "vocab_size": vocabulary[0],
+                      "eos_id": vocabulary[1],
+                      "trained": config.data.tokenizer.path is None},
+        "rejected": "rejected/",
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def _log_summary(manifest: dict, log) -> None:
+    docs = manifest["documents"]
+    log(f"prepare: read {docs['read']} documents, kept {docs['kept']}, dropped {sum(docs['dropped'].values())}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in docs['dropped'].items())})" if docs["dropped"] else ""))
+    for split, s in manifest["splits"].items():
+        log(f"prepare:   {split:5s} {s['documents']:>8d} docs {s['bytes'] / 1e6:>9.2f} MB {s['tokens']:>11d} tokens "
+            f"{s['sequences']:>8d} sequences")
+    log(f"prepare: wrote {manifest['output']} in {manifest['wall_seconds']:.1f}s")

@@ -1,0 +1,29 @@
+"""Connecting to Ray: an embedded local instance unless `--address` or `RAY_ADDRESS` names a cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start or join Ray once per process; later calls (and an already-connected driver) no-op."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        ray.init(num_cpus=num_cpus, logging_level=logging.WARNING)
+
+
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 1.0))
+
+
+def largest_node_cpus() -> int:
+    """A task asking for more CPUs than any one node has would wait forever."""
+    sizes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+    return max(1, int(max(sizes, default=1)))

@@ -1,0 +1,53 @@
+"""Shared fixtures: one embedded Ray for the session, the shared corpora, small prepare configs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here (tests read the shared corpora from ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def run_prepare(ray_session, tmp_path):
+    """prepare() with small, fast settings; returns the manifest."""
+    from raylm.config import load_config
+    from raylm.data.prepare import prepare
+
+    def run(*overrides: str, output: Path | None = None) -> dict:
+        out = output or tmp_path / "prepared"
+        defaults = [f"data.output={out}", "data.tokenizer.vocab_size=512", "data.seq_len=64"]
+        return prepare(load_config(None, [*defaults, *overrides]), log=lambda _: None)
+
+    return run
+
+
+def read_split(output: Path, manifest: dict, split: str) -> list:
+    """Token windows of a split, shard by shard, as listed in the manifest (lists of ids)."""
+    return [pq.read_table(output / shard).column("tokens").to_pylist() for shard in manifest["splits"][split]["shards"]]
+
+
+def load_manifest(output: Path) -> dict:
+    return json.loads((output / "manifest.json").read_text())

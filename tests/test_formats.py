@@ -1,0 +1,113 @@
+"""Reading files: every format, and every kind of bad input counted under its reason."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from corpus_kit import bad_input_corpus, write_jsonl
+from raylm.config import DataConfig
+from raylm.data.formats import read_documents
+from raylm.data.sources import SourceFile, list_sources
+from raylm.errors import RaylmError
+
+
+def docs_of(folder, **config) -> list[tuple[str, int, str, str]]:
+    data = DataConfig(sources=[str(folder)], **config)
+    separator = re.compile(data.document_separator) if data.document_separator else None
+    return [
+        (f.key, index, text, reason)
+        for f in list_sources(data).files
+        for index, text, reason in read_documents(f, data.text_field, separator)
+    ]
+
+
+def test_every_bad_input_kind_is_counted_under_its_reason(tmp_path):
+    expected = bad_input_corpus(tmp_path / "corpus")
+    docs = docs_of(tmp_path / "corpus")
+    reasons = Counter(reason or "kept" for _, _, _, reason in docs)
+    assert reasons - Counter({"empty": 1, "kept": 1}) == Counter(expected) - Counter({"empty": 1})
+    # the blank file is read as a (blank) document; cleaning drops it as `empty`
+    assert ("blank.txt", 0, "  \n\t\n", "") in docs
+    assert all(text == "" for _, _, text, reason in docs if reason)
+
+
+def test_partial_files_keep_what_was_readable(tmp_path):
+    bad_input_corpus(tmp_path / "corpus")
+    docs = [d for d in docs_of(tmp_path / "corpus") if d[0] == "cut.jsonl.gz"]
+    kept = [text for _, _, text, reason in docs if not reason]
+    assert kept and kept == [f"line {i}" for i in range(len(kept))]
+    assert docs[-1][3] == "truncated_gzip"
+
+
+def test_unsupported_files_in_folders_are_skipped_and_counted(tmp_path):
+    bad_input_corpus(tmp_path / "corpus")
+    (tmp_path / "corpus" / ".hidden.txt").write_text("hidden")
+    listing = list_sources(DataConfig(sources=[str(tmp_path / "corpus")]))
+    assert listing.skipped == Counter({"unsupported .xyz": 1, "hidden": 1})
+    assert {f.key for f in listing.files} >= {"good.txt", "mixed.jsonl", "table.parquet"}
+
+
+def test_an_explicit_file_with_an_unknown_extension_is_read_as_text(tmp_path):
+    path = tmp_path / "corpus.dat"
+    path.write_text("text in an odd file")
+    assert docs_of(path) == [("corpus.dat", 0, "text in an odd file", "")]
+
+
+def test_separator_splits_text_files_into_documents(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("Chapter one.\n\n\n\nChapter two.\n\n\n\n   \n\n\n\nChapter three.")
+    docs = docs_of(path, document_separator=r"\n{3,}")
+    assert [(i, t) for _, i, t, _ in docs] == [(0, "Chapter one."), (1, "Chapter two."), (2, "Chapter three.")]
+
+
+def test_text_field_gz_json_lines_and_json_that_is_really_json_lines(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl.gz", [{"content": "zipped"}])
+    (tmp_path / "b.json").write_text(json.dumps({"content": "x"}) + "\n" + json.dumps({"content": "y"}) + "\n")
+    docs = docs_of(tmp_path, text_field="content")
+    assert [(k, t) for k, _, t, _ in docs] == [("a.jsonl.gz", "zipped"), ("b.json", "x"), ("b.json", "y")]
+
+
+def test_globs_and_missing_paths(tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("b")
+    (tmp_path / "c.md").write_text("c")
+    keys = [f.key for f in list_sources(DataConfig(sources=[str(tmp_path / "**" / "*.txt")])).files]
+    assert keys == ["a.txt", "sub/b.txt"]  # `**/` spans zero or more folders
+    keys = [f.key for f in list_sources(DataConfig(sources=[str(tmp_path / "*.txt")])).files]
+    assert keys == ["a.txt"]
+    with pytest.raises(RaylmError, match=r"source not found: .*missing"):
+        list_sources(DataConfig(sources=[str(tmp_path / "missing")]))
+
+
+def test_a_folder_with_nothing_usable_is_one_clear_error(tmp_path):
+    (tmp_path / "x.bin").write_bytes(b"\x00")
+    with pytest.raises(RaylmError, match=r"no readable files .*1 unsupported \.bin"):
+        list_sources(DataConfig(sources=[str(tmp_path)]))
+
+
+def test_held_out_files_come_first_and_keep_their_split(tmp_path):
+    for name in ("train.txt", "val.txt", "test.txt"):
+        (tmp_path / name).write_text(name)
+    data = DataConfig(sources=[str(tmp_path / "train.txt")], val_sources=[str(tmp_path / "val.txt")],
+                      test_sources=[str(tmp_path / "test.txt")])
+    assert [(f.key, f.split) for f in list_sources(data).files] == [
+        ("test.txt", "test"), ("val.txt", "val"), ("train.txt", "train")]
+
+
+def test_stdlib_is_the_embedded_corpus():
+    files = list_sources(DataConfig()).files
+    assert len(files) > 500 and all(f.kind == "code" and f.key.startswith("stdlib/") for f in files)
+    assert not any("site-packages" in f.path for f in files)
+
+
+def test_gzip_detection_is_by_extension_not_content(tmp_path):
+    path = tmp_path / "plain.txt.gz"
+    path.write_bytes(gzip.compress("héllo".encode()))
+    file = SourceFile(str(path), path.stat().st_size, "text", True, "text", "train", "plain.txt.gz")
+    assert list(read_documents(file, "text", None)) == [(0, "héllo", "")]
