@@ -153,6 +153,8 @@ def mark_duplicates(docs: Dataset, removed: Dataset, partitions: int) -> Dataset
     """Docs with `reason` set to the dedup reason (and text dropped) where they were removed."""
 
     def mark(batch: pa.Table) -> pa.Table:
+        if "code" not in batch.column_names:  # joined with an empty partition of `removed`
+            return batch
         code = batch.column("code")
         removed_here = pc.is_valid(code)
         reason = pc.if_else(

@@ -153,7 +153,11 @@ def _deduplicate(docs: Dataset, data: DataConfig, phases: dict, log) -> Dataset:
     mark = time.time()
     partitions = max(2, int(runtime.cluster_cpus()), docs.size_bytes() // (256 << 20))
     removed = dedup.find_duplicates(docs, partitions).materialize()
-    docs = dedup.mark_duplicates(docs, removed, partitions).materialize()
+    if removed.count():
+        docs = dedup.mark_duplicates(docs, removed, partitions)
+    else:
+        docs = docs.drop_columns(["buckets", "bucket_codes"])
+    docs = docs.materialize()  # a pending task upstream of the tokenizer actors could starve
     phases["dedup"] = time.time() - mark
     log(f"prepare: dedup marked {removed.count()} duplicates in {phases['dedup']:.1f}s")
     return docs

@@ -1,0 +1,203 @@
+"""`prepare` end to end on real Ray: accounting, round trips, dedup, splits, atomic output."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import load_manifest, read_split, shared_file
+from corpus_kit import bad_input_corpus, write_jsonl
+from raylm.config import load_config
+from raylm.data.clean import clean_texts
+from raylm.data.filters import apply_quality_filters
+from raylm.data.formats import read_documents
+from raylm.data.sources import list_sources
+from raylm.errors import RaylmError
+
+pytestmark = pytest.mark.timeout(300)  # a starved Ray Data pipeline hangs silently: fail instead
+WIKI_ARTICLE = r"\n(?= = [^=].* = \n)"  # WikiText: an article starts at a ' = Title = ' line
+
+
+def kept_documents(output: Path, manifest: dict) -> list[str]:
+    """The kept texts, recomputed without Ray: read, clean, filter, minus the rejected ledger."""
+    config = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(manifest["config"])])
+    data = config.data
+    rejected = pq.read_table(output / "rejected") if (output / "rejected").exists() else pa.table({"file": [], "index": []})
+    dropped = set(zip(rejected.column("file").to_pylist(), rejected.column("index").to_pylist()))
+    separator = re.compile(data.document_separator) if data.document_separator else None
+    texts = []
+    for source in list_sources(data).files:
+        for index, text, reason in read_documents(source, data.text_field, separator):
+            if reason or (source.path, index) in dropped:
+                continue
+            cleaned = clean_texts(pa.array([text]), data.clean)[0].as_py()
+            result = apply_quality_filters(cleaned, source.kind, data.filters)
+            assert result.reason is None, f"{source.path}#{index} kept by prepare but dropped here"
+            texts.append(result.text)
+    return texts
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("max_top_ngram_chars_fraction", "max_duplicate_ngram_chars_fraction"):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def assert_shards_hold_the_kept_documents(output: Path, manifest: dict) -> None:
+    """Tokens written = kept documents' tokens + one separator each, and every document that lies
+    whole inside a shard decodes back to exactly one kept document."""
+    tokenizer = Tokenizer.from_file(str(output / "tokenizer.json"))
+    eos = manifest["tokenizer"]["eos_id"]
+    texts = kept_documents(output, manifest)
+    encoded = [tuple(e.ids) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    assert sum(len(ids) + 1 for ids in encoded) == sum(s["tokens"] for s in manifest["splits"].values())
+    assert sum(s["documents"] for s in manifest["splits"].values()) == len(texts) == manifest["documents"]["kept"]
+    unmatched = Counter(encoded)
+    window = manifest["seq_len"] + 1
+    for split, stats in manifest["splits"].items():
+        shards = read_split(output, manifest, split)
+        assert sum(len(rows) for rows in shards) == stats["sequences"]
+        assert stats["sequences"] * window + stats["tokens_not_written"] == stats["tokens"]
+        assert 0 <= stats["tokens_not_written"] < window
+        for name, rows in zip(stats["shards"], shards):
+            assert all(len(row) == window for row in rows)
+            if name.endswith("part-tail.parquet"):
+                continue  # leftovers of many batches: fragments, not whole documents
+            stream = [token for row in rows for token in row]
+            whole = []
+            for token in stream:
+                if token == eos:
+                    segment = tuple(whole)
+                    assert unmatched[segment] > 0, f"{name} holds a document that was not kept"
+                    unmatched[segment] -= 1
+                    assert tokenizer.decode(list(segment)) in texts
+                    whole = []
+                else:
+                    whole.append(token)
+    assert sum(unmatched.values()) <= 0.1 * len(texts) + 10  # only documents cut by a shard's end
+
+
+def test_stdlib_corpus_round_trip(run_prepare, tmp_path):
+    manifest = run_prepare("data.tokenizer.vocab_size=2048", "data.tokenizer.sample_bytes=4000000", "data.seq_len=256")
+    output = tmp_path / "prepared"
+    docs = manifest["documents"]
+    assert docs["read"] == manifest["files"]["read"] == len(list_sources(load_config().data).files)
+    assert docs["read"] == docs["kept"] + sum(docs["dropped"].values())
+    assert docs["kept"] > 0.9 * docs["read"]
+    assert all(manifest["splits"][s]["documents"] > 0 for s in ("train", "val", "test"))
+    assert manifest["tokenizer"]["vocab_size"] == 2048 and manifest["dtype"] == "uint16"
+    assert pq.read_schema(output / manifest["splits"]["train"]["shards"][0]).field("tokens").type == pa.list_(pa.uint16(), 257)
+    assert {p.name for p in output.iterdir()} == {"train", "val", "test", "rejected", "tokenizer.json", "config.yaml", MANIFEST}
+    assert load_config(output / "config.yaml").data.seq_len == 256
+    assert_shards_hold_the_kept_documents(output, manifest)
+
+
+MANIFEST = "manifest.json"
+
+
+def test_wikitext_with_held_out_sources_round_trip(run_prepare, tmp_path):
+    valid, test = shared_file("wikitext2-valid.txt"), shared_file("wikitext2-test.txt")
+    manifest = run_prepare(
+        f"data.sources=[{valid}]", f"data.test_sources=[{test}]", f"data.document_separator={json.dumps(WIKI_ARTICLE)}",
+        "data.filters.profile=web", "data.split.val=0.2", "data.split.test=0", "data.dedup.near=false",
+    )
+    articles = sum(len(re.findall(r"^ = [^=].* = $", p.read_text(), re.M)) for p in (valid, test))
+    docs = manifest["documents"]
+    assert docs["read"] == articles == docs["kept"] + sum(docs["dropped"].values())
+    assert set(docs["dropped"]) <= {"empty"} | {r for r in docs["dropped"] if r.startswith(("web_", "c4_"))}
+    assert docs["kept_per_split"]["test"] > 0 and docs["kept_per_split"]["val"] > 0
+    assert manifest["splits"]["test"]["bytes"] < test.stat().st_size
+    assert_shards_hold_the_kept_documents(tmp_path / "prepared", manifest)
+
+
+def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
+    expected = bad_input_corpus(tmp_path / "corpus")
+    manifest = run_prepare(f"data.sources=[{tmp_path / 'corpus'}]", "data.filters.profile=none",
+                           "data.dedup.exact=false", "data.dedup.near=false", "data.split.val=0", "data.split.test=0")
+    docs = manifest["documents"]
+    assert docs["kept"] == expected.pop("kept")
+    assert docs["dropped"] == expected
+    assert docs["read"] == docs["kept"] + sum(expected.values())
+    assert manifest["files"]["skipped"] == {"unsupported .xyz": 1}
+    ledger = pq.read_table(tmp_path / "prepared" / "rejected").to_pylist()
+    assert Counter(row["reason"] for row in ledger) == Counter(expected)
+    assert {"file": str(tmp_path / "corpus" / "mixed.jsonl"), "index": 6, "reason": "malformed_json"} in ledger
+    assert_shards_hold_the_kept_documents(tmp_path / "prepared", manifest)
+
+
+def test_planted_exact_and_near_duplicates_are_removed(run_prepare, tmp_path):
+    rng = random.Random(7)
+    vocabulary = [f"w{i}" for i in range(3000)]
+    originals = [" ".join(rng.choices(vocabulary, k=400)) for _ in range(40)]
+
+    def near_copy(text: str) -> str:
+        words = text.split()
+        for i in rng.sample(range(len(words)), 2):
+            words[i] = "changed"
+        return " ".join(words)
+
+    train = originals[:30] + [originals[0], originals[1], originals[2]] + [near_copy(t) for t in originals[3:8]]
+    held_out = originals[30:] + [near_copy(originals[9])]  # its train original must go, not it
+    write_jsonl(tmp_path / "train.jsonl", [{"text": t} for t in train])
+    write_jsonl(tmp_path / "val.jsonl", [{"text": t} for t in held_out])
+    manifest = run_prepare(f"data.sources=[{tmp_path / 'train.jsonl'}]", f"data.val_sources=[{tmp_path / 'val.jsonl'}]",
+                           "data.filters.profile=none", "data.split.val=0", "data.split.test=0")
+    assert manifest["dedup"] == {"exact": 3, "near": 6, "lsh_bands_rows": [9, 14]}
+    removed = {(Path(r["file"]).name, r["index"]) for r in pq.read_table(tmp_path / "prepared" / "rejected").to_pylist()}
+    copies = {("train.jsonl", i) for i in range(30, 38)}
+    assert removed == copies | {("train.jsonl", 9)}
+    assert manifest["documents"]["kept_per_split"] == {"train": 29, "val": 11, "test": 0}
+
+
+def test_same_input_same_split_and_a_given_tokenizer_streams(run_prepare, tmp_path):
+    corpus = shared_file("tinyshakespeare.txt")
+    common = [f"data.sources=[{corpus}]", r"data.document_separator='\n\n'", "data.filters.profile=none",
+              "data.split.val=0.1", "data.split.test=0.1", "data.dedup.near=false"]
+    first = run_prepare(*common, output=tmp_path / "first")
+    second = run_prepare(*common, "data.dedup.exact=false", f"data.tokenizer.path={tmp_path / 'first' / 'tokenizer.json'}",
+                         output=tmp_path / "second")
+    exact_dups = first["dedup"]["exact"]
+    assert exact_dups > 0  # Shakespeare repeats short lines ("Exeunt.")
+    for split in ("train", "val", "test"):
+        assert 0 <= second["documents"]["kept_per_split"][split] - first["documents"]["kept_per_split"][split] <= exact_dups
+    assert sum(second["documents"]["kept_per_split"].values()) - first["documents"]["kept"] == exact_dups
+    assert second["tokenizer"]["sha256"] == first["tokenizer"]["sha256"] and not second["tokenizer"]["trained"]
+    assert "read_clean_filter_tokenize_pack_write" in second["phases_seconds"]  # one streaming pass
+    third = run_prepare(*common, output=tmp_path / "third")
+    assert third["documents"] == first["documents"] and third["splits"] == first["splits"]
+    assert third["tokenizer"]["sha256"] == first["tokenizer"]["sha256"]
+
+
+def test_nothing_left_is_an_error_and_publishes_nothing(run_prepare, tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("too short for the web rules")
+    with pytest.raises(RaylmError, match="no training documents left"):
+        run_prepare(f"data.sources=[{tmp_path / 'corpus'}]", "data.filters.profile=web")
+    assert not (tmp_path / "prepared").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]  # no staging folder left behind
+
+
+def test_rerun_replaces_the_output_in_one_step(run_prepare, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(20):
+        (corpus / f"{i}.md").write_text(f"Document number {i}. " * 30)
+    args = [f"data.sources=[{corpus}]", "data.filters.profile=none", "data.batch_size=4", "data.split.val=0", "data.split.test=0"]
+    first = run_prepare(*args)
+    stale = tmp_path / "prepared" / "train" / "part-stale.parquet"
+    stale.write_bytes(b"left by an older run")
+    second = run_prepare(*args, "data.seq_len=32")
+    written = {str(p.relative_to(tmp_path / "prepared")) for p in (tmp_path / "prepared").rglob("*.parquet")}
+    assert written == set(second["splits"]["train"]["shards"])  # old files gone, every file listed
+    assert len(second["splits"]["train"]["shards"]) > 2 and first["seq_len"] == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "prepared"]
