@@ -9,6 +9,7 @@ and the manifest counts them.
 from __future__ import annotations
 
 import itertools
+import os
 import json
 import time
 from collections import Counter
@@ -46,6 +47,7 @@ class TokenizeAndWrite:
     returns one row of statistics (plus the unwritten leftover tokens) per batch."""
 
     def __init__(self, tokenizer_json: str, seq_len: int, output: str, dtype: str, clock=None):
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one actor per CPU: no Rayon threads
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_str(tokenizer_json)

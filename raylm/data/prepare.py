@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import resource
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = "raylm.prepared/1"
 READ_CHUNK_DOCS = 4096
 READ_CHUNK_BYTES = 16 << 20
+READ_TASK_BYTES = 32 << 20  # input per read task: each task costs tens of ms, so not too many
 UPSTREAM_CPU_RESERVE = 0.5  # left free by the tokenizer actors so read/clean/filter tasks still run
 LIGHT_TASK_CPUS = 0.25  # fractional, so those tasks fit next to the actors on any machine
 
@@ -82,7 +82,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
     tokenizer_json = load_tokenizer_json(data.tokenizer.path) if data.tokenizer.path else None
     output = storage.absolute(data.output)
     storage.check_writable(output)
-    runtime.init_ray(address, num_cpus)
+    runtime.init_ray(address, num_cpus, dashboard=False)
     log(f"prepare: {len(listing.files)} files, {sum(f.size for f in listing.files) / 1e6:.1f} MB -> {output}")
 
     staging = storage.staging_folder(output)
@@ -119,7 +119,6 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
         manifest["stages"] = ray.get(clock.report.remote())
         manifest["phases_seconds"] = {name: round(seconds, 3) for name, seconds in phases.items()}
         manifest["wall_seconds"] = round(time.time() - started, 3)
-        manifest["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         storage.write_bytes(storage.join(staging, "config.yaml"), dump_config(config).encode())
         storage.write_bytes(storage.join(staging, MANIFEST), json.dumps(manifest, indent=2).encode())
         storage.publish(staging, output, commit_marker=MANIFEST)
@@ -136,7 +135,8 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
 def _documents(listing: SourceListing, data: DataConfig, clock) -> Dataset:
     """read -> clean -> filter (-> fingerprint): one fused task per block of files."""
     files = [{**asdict(f), "file_index": i} for i, f in enumerate(listing.files)]
-    docs = ray.data.from_items(files, override_num_blocks=min(len(files), 200))
+    tasks = max(4 * int(runtime.cluster_cpus()), -(-sum(f.size for f in listing.files) // READ_TASK_BYTES))
+    docs = ray.data.from_items(files, override_num_blocks=min(len(files), tasks))
     docs = docs.map_batches(_read_files, fn_kwargs={"data": data, "clock": clock}, batch_size=None,
                             batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
     docs = docs.map_batches(_clean, fn_kwargs={"data": data, "clock": clock}, batch_format="pyarrow",
@@ -193,7 +193,6 @@ def _tokenize_and_write(docs: Dataset, data: DataConfig, tokenizer_json: str, dt
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
         num_cpus=max(0.1, (cpus - UPSTREAM_CPU_RESERVE) / actors),
-        runtime_env=_threads_env(1),
     ).materialize()
 
 
