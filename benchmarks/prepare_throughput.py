@@ -85,6 +85,7 @@ def tokenize_stage(corpus: Path, tokenizer_json: str, cpus: int, workdir: Path) 
     from raylm.data import prepare as pipeline
 
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
+    ray.data.DataContext.get_current().enable_progress_bars = False
     data = load_config(None, [f"data.sources=[{corpus}]", "data.filters.profile=none", "data.dedup.exact=false",
                               "data.dedup.near=false"]).data
     docs = pipeline._documents(list_sources(data), data, clock=None).materialize()

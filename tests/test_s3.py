@@ -4,46 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
-import boto3
 import pyarrow.parquet as pq
-import pytest
 
 from raylm import storage
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_env():
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
-    yield env, client
-    server.terminate()
-    server.wait()
-
-
-def test_prepare_reads_and_writes_s3(s3_env, tmp_path, monkeypatch):
-    env, client = s3_env
+def test_prepare_reads_and_writes_s3(s3_server, tmp_path, monkeypatch):
+    env, client = s3_server
     client.create_bucket(Bucket="corpus")
     rows = "".join(json.dumps({"text": f"Document {i}: " + "words of text " * 40}) + "\n" for i in range(60))
     client.put_object(Bucket="corpus", Key="raw/part-0.jsonl", Body=rows.encode())
@@ -74,8 +44,8 @@ def test_prepare_reads_and_writes_s3(s3_env, tmp_path, monkeypatch):
     storage._s3.cache_clear()
 
 
-def test_missing_bucket_and_object_are_clear_errors_before_work(s3_env, tmp_path):
-    env, client = s3_env
+def test_missing_bucket_and_object_are_clear_errors_before_work(s3_server, tmp_path):
+    env, client = s3_server
     client.create_bucket(Bucket="exists")
     client.put_object(Bucket="exists", Key="a.txt", Body=b"text")
     full_env = {**os.environ, **env}
