@@ -174,10 +174,12 @@ def _train_tokenizer(docs: Dataset, data: DataConfig, phases: dict, log) -> str:
     sample = docs.map_batches(_sample, fn_kwargs={"fraction": fraction}, batch_format="pyarrow",
                               num_cpus=LIGHT_TASK_CPUS).materialize()
     cpus = runtime.largest_node_cpus()
-    trained = _train_bpe_task.options(num_cpus=cpus, runtime_env=_threads_env(cpus))
+    # Rayon sizes its thread pool from the environment, once, before the first call.
+    threads = {"env_vars": {"RAYON_NUM_THREADS": str(cpus), "TOKENIZERS_PARALLELISM": "true"}}
+    trained = _train_bpe_task.options(num_cpus=cpus, runtime_env=threads)
     tokenizer_json = ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency))
     phases["tokenizer"] = time.time() - mark
-    log(f"prepare: trained a {data.tokenizer.vocab_size}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
+    log(f"prepare: trained a {vocabulary(tokenizer_json)[0]}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
         f"in {phases['tokenizer']:.1f}s")
     return tokenizer_json
 
@@ -210,11 +212,6 @@ def _finish_batches(batch_stats: Dataset, seq_len: int, staging: str, dtype: str
 def _train_bpe_task(sample: Dataset, vocab_size: int, min_frequency: int) -> str:
     texts = (t for b in sample.iter_batches(batch_format="pyarrow", batch_size=256) for t in b.column("text").to_pylist())
     return train_bpe(texts, vocab_size, min_frequency).to_str()
-
-
-def _threads_env(threads: int) -> dict:
-    """Rust thread pools size themselves from the environment, before the first call."""
-    return {"env_vars": {"RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": str(threads > 1).lower()}}
 
 
 # ------------------------------------------------------------------------- stage functions

@@ -46,10 +46,6 @@ class SourceListing:
     skipped: Counter  # "unsupported .xyz" / "hidden" -> count of files not read
 
 
-def stdlib_root() -> str:
-    return sysconfig.get_paths()["stdlib"]
-
-
 def list_sources(config: DataConfig) -> SourceListing:
     """Expand every source of every split; error if a path is missing or nothing is readable."""
     files: list[SourceFile] = []
@@ -87,7 +83,7 @@ def _expand(source: str, split: str, forced_format: str, skipped: Counter) -> li
 
 
 def _stdlib_files(split: str) -> list[SourceFile]:
-    root = stdlib_root()
+    root = sysconfig.get_paths()["stdlib"]
     found = []
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in {"site-packages", "dist-packages", "__pycache__"})
