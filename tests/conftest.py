@@ -63,14 +63,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """An S3 protocol server (moto) on loopback: (environment for clients, boto3 client)."""
+def start_moto(**server_env: str):
+    """An S3 protocol server (moto) on loopback: (server process, client environment, boto3 client)."""
     import boto3
 
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env={**os.environ, **server_env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     for _ in range(100):
@@ -81,6 +80,13 @@ def s3_server():
             time.sleep(0.1)
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
+    return server, env, client
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A shared S3 server for the session: (environment for clients, boto3 client)."""
+    server, env, client = start_moto()
     yield env, client
     server.terminate()
     server.wait()
