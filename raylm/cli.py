@@ -7,14 +7,14 @@ import json
 import sys
 import textwrap
 
-from raylm.config import DataConfig, describe_keys, load_config
+from raylm.config import DataConfig, ModelConfig, TrainConfig, describe_keys, load_config
 from raylm.errors import RaylmError
 
 
 def _keys_epilog(model, prefix: str) -> str:
     lines = ["config keys (set in the YAML file or as KEY=VALUE; lists in flow style, e.g. data.sources=[a,b]):"]
     for key, default, description in describe_keys(model, prefix):
-        lines.append(f"  {key} = {json.dumps(default)}")
+        lines.append(f"  {key} = {'(from the preset)' if default is ... else json.dumps(default)}")
         lines.extend(textwrap.wrap(description, 96, initial_indent="      ", subsequent_indent="      "))
     return "\n".join(lines)
 
@@ -36,6 +36,27 @@ def _run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_pretrain(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from raylm.train.trainer import pretrain
+
+    result = pretrain(config, address=args.address, num_cpus=args.num_cpus)
+    return 0 if result.error is None else 1
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from raylm.eval.evaluate import evaluate
+
+    report = evaluate(args.checkpoint, args.inputs)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"checkpoint {report['checkpoint']}\ndata       {report['data']}")
+        print(f"loss {report['loss']:.4f} nats/token | perplexity {report['perplexity']:.2f} | "
+              f"bits/byte {report['bits_per_byte']:.4f} | {report['tokens']} tokens, {report['bytes']} bytes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raylm",
@@ -54,6 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common_options(prepare)
     prepare.set_defaults(run=_run_prepare)
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="Pretrain a GPT on prepared shards with Ray Train (DDP or FSDP2, CPU or GPU).",
+        description=textwrap.fill(
+            "Train model.* on the prepared dataset train.data with train.workers Ray Train workers. The run "
+            "folder <train.storage>/<train.name>/ holds config.yaml, tokenizer.json, metrics.jsonl, TensorBoard "
+            "events and checkpoints; starting a run whose folder has checkpoints resumes it.", 100),
+        epilog=_keys_epilog(ModelConfig, "model.") + "\n" + _keys_epilog(TrainConfig, "train.").split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_common_options(pretrain)
+    pretrain.set_defaults(run=_run_pretrain)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Held-out loss, perplexity and bits per byte of a run's latest checkpoint.",
+        description="Score the latest checkpoint of a run folder on a prepared dataset (its test split, else val) "
+        "or on text files (tokenized with the run's tokenizer). Default: the run's own training data.",
+    )
+    evaluate.add_argument("--checkpoint", required=True, metavar="RUN", help="Run folder (<train.storage>/<train.name>).")
+    evaluate.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
+    evaluate.add_argument("inputs", nargs="*", metavar="PATH", help="A prepared folder, or text files.")
+    evaluate.set_defaults(run=_run_evaluate)
     return parser
 
 

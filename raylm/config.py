@@ -8,6 +8,7 @@ came from and the closest valid key.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -167,11 +168,93 @@ class DataConfig(StrictModel):
         return value
 
 
+# -------------------------------------------------------------------------------------- model
+
+PRESETS_FILE = Path(__file__).parent / "model" / "presets.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def model_presets() -> dict[str, dict]:
+    return yaml.safe_load(PRESETS_FILE.read_text())
+
+
+class ModelConfig(StrictModel):
+    preset: str = Field("tiny", description="Named architecture from raylm/model/presets.yaml; the fields below override it.")
+    n_layer: int = Field(ge=1, description="Transformer blocks.")
+    n_head: int = Field(ge=1, description="Attention heads per block.")
+    n_embd: int = Field(ge=1, description="Width of the residual stream.")
+    block_size: int = Field(ge=2, description="Context length in tokens (the longest sequence the model takes).")
+    vocab_size: int | None = Field(None, ge=2, description="Vocabulary size; default: that of the training data's tokenizer.")
+    mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="Feed-forward block: SwiGLU (default) or GELU.")
+    mlp_hidden: int | None = Field(None, ge=1, description="Feed-forward width; default 4*n_embd (GELU) or 8/3*n_embd rounded up to 64 (SwiGLU).")
+    positions: Literal["rope", "learned"] = Field("rope", description="Rotary position embeddings (default) or a learned table.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    dropout: Fraction = Field(0.0, description="Dropout on attention, residual and embedding outputs (0 for pretraining).")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        presets = model_presets()
+        name = values.get("preset", "tiny")
+        if name not in presets:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+        return {**presets[name], **values}
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+        return self
+
+
+# -------------------------------------------------------------------------------------- train
+
+
+class TrainConfig(StrictModel):
+    data: str = Field("prepared", description="Prepared dataset (the output of `raylm prepare`): folder or s3:// URI.")
+    storage: str = Field("runs", description="Where runs live (folder or s3://); a run is <storage>/<name>/.")
+    name: str = Field("pretrain", description="Run name. Starting a run whose folder has checkpoints resumes it.")
+    workers: int = Field(2, ge=1, description="Training workers (processes), one per GPU with use_gpu.")
+    use_gpu: bool = Field(False, description="One GPU per worker, bf16 autocast, NCCL; otherwise CPU and gloo.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (and torch threads on CPU).")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="DDP (replicated) or FSDP2 (sharded, for models that do not fit one device).")
+    compile: bool = Field(False, description="torch.compile each block.")
+    activation_checkpointing: bool = Field(False, description="Recompute block activations in backward to save memory.")
+    batch_size: int = Field(16, ge=1, description="Sequences per worker per micro-step.")
+    tokens_per_step: int | None = Field(None, ge=1, description="Global tokens per optimizer step; gradient accumulation makes up the difference (default: one micro-step).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    min_lr_ratio: Fraction = Field(0.1, description="Final learning rate as a fraction of lr.")
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="Warmup then cosine decay, or warmup-stable-decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    decay_fraction: Fraction = Field(0.2, description="WSD: fraction of the steps spent decaying at the end.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not applied to norms and embeddings).")
+    beta1: Fraction = Field(0.9, description="AdamW beta1.")
+    beta2: Fraction = Field(0.95, description="AdamW beta2.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
+    max_steps: int = Field(1000, ge=1, description="Stop after this many optimizer steps (the schedule spans them).")
+    max_tokens: int | None = Field(None, ge=1, description="Stop after this many training tokens (all workers).")
+    max_minutes: float | None = Field(None, gt=0, description="Stop after this much training wall time.")
+    log_every: int = Field(10, ge=1, description="Steps between metric lines (console, metrics.jsonl, TensorBoard).")
+    eval_every: int = Field(100, ge=1, description="Steps between validations (and at the end).")
+    eval_batches: int | None = Field(None, ge=1, description="Validation batches per worker (default: the whole val split).")
+    checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints (and one at the end).")
+    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the latest checkpoint after a failure (-1: unlimited).")
+    fault_at_step: int | None = Field(None, ge=1, description="TEST ONLY: the rank-0 worker process dies once when it reaches this step.")
+    shuffle_buffer: int = Field(1024, ge=0, description="Rows in each worker's local shuffle buffer (0: no shuffle).")
+    seed: int = Field(0, description="Seed of weights, data order and dropout.")
+
+
 # --------------------------------------------------------------------------------------- root
 
 
 class Config(StrictModel):
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -240,27 +323,33 @@ def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 
 def describe_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, description) of every leaf: the reference printed by `--help`."""
+    """(dotted key, default, description) of every leaf: the reference printed by `--help`. The
+    default is `...` for fields a preset fills."""
     rows = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             rows.extend(describe_keys(annotation, f"{prefix}{name}."))
         else:
-            rows.append((f"{prefix}{name}", field.get_default(call_default_factory=True), field.description or ""))
+            default = ... if field.is_required() else field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", default, field.description or ""))
     return rows
 
 
 def closest_key(key: str) -> str | None:
-    """The valid key a typo most likely meant: by whole path, else by its last part."""
+    """The valid key a typo most likely meant: in the same section first, by whole path, then by
+    last part; then anywhere."""
     keys = all_keys()
-    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
-    if match:
-        return match[0]
-    leaf = key.rsplit(".", 1)[-1]
-    by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
-    match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
-    return by_leaf[match[0]] if match else None
+    section = key.split(".", 1)[0] + "."
+    for pool in ([k for k in keys if k.startswith(section)], keys):
+        match = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+        if match:
+            return match[0]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in pool}
+        match = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(by_leaf), n=1, cutoff=0.75)
+        if match:
+            return by_leaf[match[0]]
+    return None
 
 
 def _explain(err: ValidationError, where: str, overridden: list[str]) -> ConfigError:

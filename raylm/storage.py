@@ -79,6 +79,10 @@ def _info(path: str) -> pafs.FileInfo:
         raise RaylmError(f"cannot access {path}: {_short(err)}") from None
 
 
+def exists(path: str) -> bool:
+    return _info(path).type != pafs.FileType.NotFound
+
+
 def glob_root(source: str) -> str:
     """The folder part of a glob before its first wildcard; the source itself if it has none."""
     glob_at = min((source.find(c) for c in GLOB_CHARS if c in source), default=-1)

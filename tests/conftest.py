@@ -29,7 +29,8 @@ def shared_file(name: str) -> Path:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # The dashboard stays on: Ray Train frees a finished run's workers through it.
+    ray.init(num_cpus=2, logging_level="warning")
     yield
     ray.shutdown()
 

@@ -1,0 +1,190 @@
+"""A decoder-only transformer in the shape of nanoGPT's model.py, with modern defaults.
+
+Pre-norm blocks with RMSNorm, fused-qkv causal attention through scaled_dot_product_attention,
+RoPE or a learned position table, SwiGLU or GELU feed-forward, no biases, and an lm_head tied to a
+token embedding padded to a multiple of 64. `blocks` is a ModuleList of `Block`s so that training
+code can wrap each one with FSDP2 `fully_shard` and activation checkpointing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raylm.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Scale-only normalisation, computed in fp32 so bf16 parameters (FSDP2 mixed precision) stay stable."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return h.type_as(x) * self.weight
+
+
+def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles, [length, head_dim / 2], in fp32 whatever the model dtype."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the two halves of each head by the angles of its position (x: [B, H, T, head_dim]).
+
+    The caller picks the rows of cos/sin, so a KV cache only has to slice them at its offset.
+    """
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3).unbind(2)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class MLP(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x), or GELU: w2(gelu(w1 x)) when there is no gate w3."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        gated = config.mlp == "swiglu"
+        # SwiGLU's 8/3 keeps the parameter count of a 4x GELU MLP; multiples of 64 suit the kernels.
+        hidden = config.mlp_hidden or (-(-8 * config.n_embd // 192) * 64 if gated else 4 * config.n_embd)
+        self.w1 = nn.Linear(config.n_embd, hidden, bias=False)
+        self.w3 = nn.Linear(config.n_embd, hidden, bias=False) if gated else None
+        self.w2 = nn.Linear(hidden, config.n_embd, bias=False)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.w1(x)) * self.w3(x) if self.w3 is not None else F.gelu(self.w1(x))
+        return self.drop(self.w2(h))
+
+
+class Block(nn.Module):
+    """One pre-norm transformer layer: the unit that FSDP2 shards and activation checkpointing recomputes."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.mlp_norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("model.vocab_size is not set: it comes from the tokenizer of the prepared data")
+        head_dim = config.n_embd // config.n_head
+        if config.positions == "rope" and head_dim % 2:
+            raise ValueError(f"RoPE needs an even head size, got n_embd / n_head = {head_dim}")
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.padded_vocab_size = -(-config.vocab_size // 64) * 64
+        self.wte = nn.Embedding(self.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+        self.lm_head = nn.Linear(config.n_embd, self.padded_vocab_size, bias=False)  # tied in init_weights
+        if config.positions == "rope":
+            cos, sin = rope_tables(head_dim, config.block_size, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """GPT-2 init, residual projections scaled by 1/sqrt(2 * n_layer) so the residual stream's
+        variance does not grow with depth. Called again after building on the meta device and
+        materialising with `to_empty()`, which leaves parameters and the RoPE tables uninitialised
+        and gives lm_head and wte separate tensors, so the tie is (re)made here."""
+        self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and scores them out
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.w2):
+                nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
+        if self.config.positions == "rope":
+            c = self.config
+            cos, sin = rope_tables(c.n_embd // c.n_head, c.block_size, c.rope_theta, device=self.rope_cos.device)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits [B, T, vocab_size] and, given targets, the mean cross-entropy over all positions."""
+        T = idx.shape[1]
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        cos, sin = (self.rope_cos[:T], self.rope_sin[:T]) if self.config.positions == "rope" else (None, None)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self.lm_head(self.norm(x))[..., : self.vocab_size]
+        if targets is None:
+            return logits, None
+        # fp32 loss: under FSDP2 mixed precision the logits arrive in bf16 and no autocast upcasts them.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters, the tied matrix once; non_embedding drops the position table (the token
+        embedding stays, since it is also the lm_head), as nanoGPT counts."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (PaLM, app. B): 6N for the matmuls forward and backward plus
+        attention's QK^T and AV, which grow with the sequence length."""
+        c = self.config
+        T = seq_len or c.block_size
+        return float(6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: matmul weights decayed; embeddings (so the tied head), norms and 1-D
+        parameters not. parameters() yields the tied matrix once."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for p in self.parameters():
+            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

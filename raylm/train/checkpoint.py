@@ -1,0 +1,92 @@
+"""Checkpoints: model and optimizer through torch.distributed.checkpoint (DCP), plus training state.
+
+DCP has every rank write only its own shards under distinct file names, so each worker can save
+into its own local folder and Ray Train merges the folders into one checkpoint; DDP and FSDP2 runs
+share the format, and a checkpoint loads on another number of workers or in a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from raylm import storage
+
+WEIGHTS = "weights"
+STATE = "state.json"
+PREFIX = "checkpoint-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:07d}"
+
+
+def latest_complete(run_dir: str) -> str | None:
+    """The newest checkpoint folder of a run whose every rank finished writing: rank 0's state
+    (it names the world size), each rank's RNG file and the weights' metadata. Ray Train registers
+    checkpoints asynchronously, so after a crash the folder can be ahead of its registry."""
+    fs, inner = storage.filesystem(run_dir)
+    entries = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    for name in sorted((e.base_name for e in entries if e.base_name.startswith(PREFIX)), reverse=True):
+        folder = f"{inner}/{name}"
+        try:
+            with fs.open_input_stream(f"{folder}/{STATE}") as f:
+                world = json.loads(f.read())["world_size"]
+        except (OSError, ValueError, KeyError):
+            continue
+        needed = [f"{folder}/{WEIGHTS}/.metadata", *(f"{folder}/rng-rank{r}.pt" for r in range(world))]
+        if all(info.type == pafs.FileType.File for info in fs.get_file_info(needed)):
+            return storage.join(run_dir, name)
+    return None
+
+
+def save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, rank: int) -> None:
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=os.path.join(directory, WEIGHTS))
+    torch.save(_rng_states(), os.path.join(directory, f"rng-rank{rank}.pt"))
+    if rank == 0:
+        with open(os.path.join(directory, STATE), "w") as f:
+            json.dump(state, f)
+
+
+def load_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict:
+    """Restore model, optimizer and this rank's RNG streams; return the training state."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    states = {"model": model_state, "optimizer": optimizer_state}
+    dcp.load(states, checkpoint_id=os.path.join(directory, WEIGHTS))
+    set_state_dict(model, optimizer, model_state_dict=states["model"], optim_state_dict=states["optimizer"])
+    rng_path = os.path.join(directory, f"rng-rank{rank}.pt")
+    if os.path.exists(rng_path):  # absent when resuming on more workers than saved
+        _set_rng_states(torch.load(rng_path, weights_only=False))
+    with open(os.path.join(directory, STATE)) as f:
+        return json.load(f)
+
+
+def load_weights(directory: str, model: nn.Module) -> None:
+    """Model weights only, in one process without a process group (evaluation, generation)."""
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=os.path.join(directory, WEIGHTS))
+    model.load_state_dict(state["model"])
+
+
+def _rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

@@ -1,0 +1,224 @@
+"""The training loop each Ray Train worker runs: stream batches, step, evaluate, checkpoint, report.
+
+Resuming reproduces the uninterrupted run: model, optimizer, RNG streams and the position in the
+data stream are restored, and the data stream is deterministic (ordered reads, seeded shuffles),
+so the steps after a resume see the same batches and give the same losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from raylm import storage
+from raylm.config import Config, TrainConfig
+from raylm.model.gpt import GPT
+from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, save_checkpoint
+from raylm.train.metrics import RunLog, peak_flops
+from raylm.train.parallelize import gradient_sync, parallelize, unwrap
+from raylm.train.schedule import learning_rate
+
+FAULT_MARKER = "fault-injected"
+
+
+def say(line: str) -> None:
+    """One console line from a worker. Ray Train's patched print() both tees and logs (so lines
+    came out twice); the process's own stdout reaches the driver once."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
+class Batches:
+    """A worker's endless stream of token windows: epoch after epoch over its shard of the data,
+    shuffled alike on every run (the seed is the run's seed plus the epoch), with its position kept
+    as (epoch, batches consumed) so a resumed run continues where the checkpoint was taken."""
+
+    def __init__(self, shard, batch_size: int, shuffle_buffer: int, seed: int, epoch: int = 0, consumed: int = 0):
+        self.shard, self.batch_size, self.shuffle_buffer, self.seed = shard, batch_size, shuffle_buffer, seed
+        self.epoch, self.consumed = epoch, consumed
+        self.batches = self._epoch(skip=consumed)
+
+    def _epoch(self, skip: int):
+        shuffle = {"local_shuffle_buffer_size": self.shuffle_buffer, "local_shuffle_seed": self.seed + self.epoch} if self.shuffle_buffer else {}
+        batches = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True, **shuffle))
+        for _ in range(skip):
+            next(batches)
+        return batches
+
+    def next(self) -> torch.Tensor:
+        batch = next(self.batches, None)
+        if batch is None:
+            self.epoch, self.consumed = self.epoch + 1, 0
+            self.batches = self._epoch(skip=0)
+            batch = next(self.batches)
+        self.consumed += 1
+        return batch["tokens"].to(torch.int64)
+
+
+def accumulation_steps(train: TrainConfig, seq_len: int, world: int) -> int:
+    per_micro_step = train.batch_size * seq_len * world
+    return max(1, round(train.tokens_per_step / per_micro_step)) if train.tokens_per_step else 1
+
+
+def planned_steps(train: TrainConfig, tokens_per_step: int) -> int:
+    """The schedule's length: max_steps, or fewer when the token budget ends the run sooner."""
+    return min(train.max_steps, math.ceil(train.max_tokens / tokens_per_step)) if train.max_tokens else train.max_steps
+
+
+def train_loop_per_worker(payload: dict) -> None:
+    config = Config.model_validate(payload["config"])
+    train, seq_len, run_dir = config.train, payload["seq_len"], payload["run_dir"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(train.cpus_per_worker)))
+
+    torch.manual_seed(train.seed)  # identical initial weights on every rank
+    model = GPT(config.model).to(device)
+    flops_per_token = model.flops_per_token(seq_len)
+    model = parallelize(model, train.strategy, device, compile=train.compile,
+                        activation_checkpointing=train.activation_checkpointing)
+    optimizer = torch.optim.AdamW(unwrap(model).param_groups(train.weight_decay), lr=train.lr,
+                                  betas=(train.beta1, train.beta2), fused=device.type == "cuda")
+    accumulate = accumulation_steps(train, seq_len, world)
+    tokens_per_step = train.batch_size * seq_len * world * accumulate
+    total_steps = planned_steps(train, tokens_per_step)
+
+    state = {"step": 0, "tokens": 0, "epoch": 0, "consumed": 0, "train_seconds": 0.0, "world_size": world}
+    checkpoint = _resume_point(run_dir)
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = {**load_checkpoint(directory, model, optimizer, rank), "world_size": world}
+    else:
+        torch.manual_seed(train.seed + 1 + rank)  # each rank its own dropout stream
+    batches = Batches(ray.train.get_dataset_shard("train"), train.batch_size, train.shuffle_buffer, train.seed,
+                      state["epoch"], state["consumed"])
+    val_shard = ray.train.get_dataset_shard("val") if payload["has_val"] else None
+    log = RunLog(run_dir, total_steps) if rank == 0 else None
+    if log and checkpoint:
+        say(f"resumed from step {state['step']} ({checkpoint.path})")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train.strategy == "ddp"
+                else contextlib.nullcontext())
+    peak = peak_flops(device)
+    clock_started, seconds_before = time.perf_counter(), state["train_seconds"]
+
+    finished = state["step"] >= total_steps
+    while not finished:
+        step_started = time.perf_counter()
+        lr = learning_rate(state["step"], total_steps, train)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(accumulate):
+            tokens = batches.next().to(device, non_blocking=True)
+            with gradient_sync(model, enabled=micro == accumulate - 1), autocast:
+                _, loss = model(tokens[:, :-1], tokens[:, 1:])
+                (loss / accumulate).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, epoch=batches.epoch,
+                     consumed=batches.consumed)
+        if rank == 0 and state["step"] == train.fault_at_step:
+            _inject_fault_once(run_dir)
+
+        step = state["step"]
+        step_seconds = time.perf_counter() - step_started
+        state["train_seconds"] = seconds_before + time.perf_counter() - clock_started
+        finished = (step >= total_steps or (train.max_tokens is not None and state["tokens"] >= train.max_tokens)
+                    or _out_of_time(train, state["train_seconds"], device))
+        metrics = {}
+        if step % train.log_every == 0 or finished:
+            metrics = _step_metrics(state, loss_sum / accumulate, grad_norm, lr, tokens_per_step, step_seconds,
+                                    flops_per_token, peak, world)
+        if val_shard is not None and (step % train.eval_every == 0 or finished):
+            metrics.update(_evaluate(unwrap(model), val_shard, train, device, autocast, payload["val_tokens_per_byte"]))
+        if log and metrics:
+            metrics.setdefault("step", step)
+            log.write(metrics)
+            if "loss" in metrics:
+                say(log.progress(metrics, step_seconds))
+            if "val_loss" in metrics:
+                say(f"eval step {step} | val loss {metrics['val_loss']:.4f} | ppl {metrics['val_ppl']:.2f} | "
+                    f"bpb {metrics['val_bpb']:.4f}")
+        if step % train.checkpoint_every == 0 or finished:
+            with tempfile.TemporaryDirectory() as directory:
+                save_checkpoint(directory, model, optimizer, state, rank)
+                ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=checkpoint_name(step))
+        elif "val_loss" in metrics:
+            ray.train.report({"step": step, **metrics})
+    if log:
+        log.close()
+
+
+def _resume_point(run_dir: str) -> ray.train.Checkpoint | None:
+    """The newer of Ray Train's latest registered checkpoint and the run folder's latest complete
+    one (a crash right after a checkpoint can leave it written but not yet registered)."""
+    registered = ray.train.get_checkpoint()
+    found = latest_complete(run_dir)
+    if found and (registered is None or os.path.basename(found) > os.path.basename(registered.path.rstrip("/"))):
+        fs, inner = storage.filesystem(found)
+        return ray.train.Checkpoint(path=inner, filesystem=fs)
+    return registered
+
+
+def _step_metrics(state, loss, grad_norm, lr, tokens_per_step, step_seconds, flops_per_token, peak, world) -> dict:
+    """The global view of a step: loss averaged over all workers (one all-reduce, on log steps)."""
+    dist.all_reduce(loss)  # a sum: gloo has no average
+    loss = loss / world
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    tokens_per_s = tokens_per_step / step_seconds
+    return {
+        "step": state["step"], "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(), "tokens": state["tokens"],
+        "tokens_per_s": tokens_per_s, "step_ms": step_seconds * 1e3, "train_seconds": round(state["train_seconds"], 3),
+        "mfu": flops_per_token * tokens_per_s / (peak * world) if peak else None,
+    }
+
+
+def _evaluate(model, shard, train: TrainConfig, device, autocast, tokens_per_byte: float) -> dict:
+    """Mean next-token loss over this worker's share of the val split, summed over all workers;
+    bits per byte = loss / ln 2 * tokens per byte of the split (comparable across tokenizers)."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for i, batch in enumerate(shard.iter_torch_batches(batch_size=train.batch_size)):
+            if train.eval_batches is not None and i >= train.eval_batches:
+                break
+            tokens = batch["tokens"].to(device=device, dtype=torch.int64)
+            with autocast:
+                _, loss = model(tokens[:, :-1], tokens[:, 1:])
+            count = tokens[:, 1:].numel()
+            totals += torch.stack([loss.double() * count, torch.tensor(count, dtype=torch.float64, device=device)])
+    model.train()
+    dist.all_reduce(totals)
+    val_loss = (totals[0] / totals[1]).item() if totals[1] else float("nan")
+    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_bpb": val_loss / math.log(2) * tokens_per_byte}
+
+
+def _out_of_time(train: TrainConfig, seconds: float, device) -> bool:
+    """Rank 0's clock decides for everyone, so all workers stop after the same step."""
+    if train.max_minutes is None:
+        return False
+    flag = torch.tensor(float(seconds >= train.max_minutes * 60), device=device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _inject_fault_once(run_dir: str) -> None:
+    """train.fault_at_step, for tests: the rank-0 process dies once; the marker keeps it to once."""
+    marker = storage.join(run_dir, FAULT_MARKER)
+    if not storage.exists(marker):
+        storage.write_bytes(marker, b"")
+        say("fault_at_step: rank 0 exits now (test fault injection)")
+        os._exit(1)

@@ -1,0 +1,75 @@
+"""What a run reports: metrics.jsonl, TensorBoard and a console progress line, from rank 0; MFU."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from raylm import storage
+
+# Dense bf16 tensor-core peaks (FLOP/s), from the vendors' datasheets.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak for MFU; None on CPU or an unknown GPU (MFU is then not shown)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class RunLog:
+    """Rank 0's record of a run: one JSON object per logged step in `<run>/metrics.jsonl` (appended
+    across restarts, so a resumed run shows the steps it redid), TensorBoard events in
+    `<run>/tensorboard`, and a line on the console."""
+
+    def __init__(self, run_dir: str, total_steps: int):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.metrics_path = storage.join(run_dir, "metrics.jsonl")
+        self.remote = storage.is_remote(run_dir)
+        self.lines = [storage.read_bytes(self.metrics_path).decode()] if self.remote and storage.exists(self.metrics_path) else []
+        self.tensorboard_dir = storage.join(run_dir, "tensorboard")
+        self.local_tensorboard = tempfile.mkdtemp(prefix="raylm-tb-") if self.remote else self.tensorboard_dir
+        self.writer = SummaryWriter(self.local_tensorboard)
+        self.total_steps = total_steps
+        self.started = time.time()
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(record) + "\n"
+        if self.remote:  # object stores cannot append: rewrite the (small) file
+            self.lines.append(line)
+            storage.write_bytes(self.metrics_path, "".join(self.lines).encode())
+        else:
+            os.makedirs(os.path.dirname(self.metrics_path), exist_ok=True)
+            with open(self.metrics_path, "a") as f:
+                f.write(line)
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and value is not None:
+                self.writer.add_scalar(key, value, record["step"])
+        self.writer.flush()
+
+    def progress(self, record: dict, step_seconds: float) -> str:
+        step = record["step"]
+        eta = duration((self.total_steps - step) * step_seconds)
+        mfu = f" | MFU {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
+        return (f"step {step}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+                f"grad {record['grad_norm']:.2f} | {record['tokens_per_s'] / 1e3:.1f}k tok/s | "
+                f"{record['step_ms']:.0f} ms/step{mfu} | ETA {eta}")
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.remote:
+            for name in os.listdir(self.local_tensorboard):
+                with open(os.path.join(self.local_tensorboard, name), "rb") as f:
+                    storage.write_bytes(storage.join(self.tensorboard_dir, name), f.read())

@@ -1,0 +1,223 @@
+"""The GPT model: shapes, causality, parameter and FLOP counts, tying, init, and that it learns."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from raylm.config import ModelConfig
+from raylm.model.gpt import GPT, Block, apply_rope, rope_tables
+
+VOCAB = 512
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Models this small run as fast on one thread, and do not stall when other work shares the CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(seed: int = 0, **fields) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(ModelConfig(**{"preset": "tiny", "vocab_size": VOCAB, **fields}))
+
+
+def tokens(batch: int, length: int, vocab: int = VOCAB, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------- shapes, loss
+
+
+def test_vocab_size_is_required():
+    with pytest.raises(ValueError, match="vocab_size"):
+        GPT(ModelConfig(preset="tiny"))
+
+
+def test_rope_needs_an_even_head_size():
+    with pytest.raises(ValueError, match="even head size"):
+        build(n_embd=66, n_head=2)
+    build(n_embd=66, n_head=2, positions="learned")
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_initial_loss_is_uniform_guess(positions):
+    model = build(positions=positions)
+    idx = tokens(4, 64)
+    logits, loss = model(idx, tokens(4, 64, seed=1))
+    assert logits.shape == (4, 64, VOCAB)
+    assert abs(loss.item() - math.log(VOCAB)) < 0.3
+    assert model(idx)[1] is None
+
+
+def test_logits_are_sliced_to_the_vocabulary():
+    model = build(vocab_size=500)
+    assert model.padded_vocab_size == 512
+    assert model.wte.weight.shape == (512, 64)
+    logits, loss = model(tokens(2, 16, vocab=500), tokens(2, 16, vocab=500, seed=1))
+    assert logits.shape == (2, 16, 500)
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 500), tokens(2, 16, vocab=500, seed=1).flatten())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_longer_than_block_size_raises():
+    model = build(block_size=16)
+    model(tokens(1, 16))
+    with pytest.raises(ValueError, match="block_size"):
+        model(tokens(1, 17))
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_causal(positions):
+    model = build(positions=positions).eval()
+    idx = tokens(2, 32)
+    changed = idx.clone()
+    t = 20
+    changed[:, t + 1 :] = (changed[:, t + 1 :] + 1) % VOCAB
+    before, after = model(idx)[0], model(changed)[0]
+    torch.testing.assert_close(before[:, : t + 1], after[:, : t + 1])
+    assert not torch.allclose(before[:, t + 1 :], after[:, t + 1 :])
+
+
+def test_rope_scores_depend_on_relative_position_only():
+    cos, sin = rope_tables(16, 64, 10000.0)
+    q, k = torch.randn(16), torch.randn(16)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        return apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n])
+
+    torch.testing.assert_close(score(10, 3), score(40, 33))
+    assert not torch.allclose(score(10, 3), score(10, 9))
+    torch.testing.assert_close(apply_rope(q, cos[7], sin[7]).norm(), q.norm())
+
+
+# --------------------------------------------------------------------------- counts, FLOPs
+
+
+def tiny_params_by_hand() -> int:
+    d, hidden, layers = 64, 192, 2  # SwiGLU hidden: 8/3 * 64 = 170.7, rounded up to 192
+    embedding = VOCAB * d
+    block = 3 * d * d + d * d + 3 * d * hidden + 2 * d  # qkv, out-projection, w1/w2/w3, two norms
+    return embedding + layers * block + d  # + final norm
+
+
+def test_num_params_by_hand():
+    model = build()
+    assert model.num_params() == model.num_params(non_embedding=False) == tiny_params_by_hand() == 139_584
+    learned = build(positions="learned", mlp="gelu")
+    d = 64
+    by_hand = VOCAB * d + 2 * (4 * d * d + 2 * d * 4 * d + 2 * d) + d
+    assert learned.num_params() == by_hand
+    assert learned.num_params(non_embedding=False) == by_hand + 128 * d
+    assert build(mlp_hidden=100).blocks[0].mlp.w1.out_features == 100
+
+
+def test_flops_per_token():
+    model = build()
+    attention = 12 * 2 * 2 * 32  # n_layer * n_head * head_dim, times 12
+    assert model.flops_per_token() == 6 * tiny_params_by_hand() + attention * 128
+    assert model.flops_per_token(seq_len=64) == 6 * tiny_params_by_hand() + attention * 64
+
+
+# ------------------------------------------------------------------------ tie, param groups
+
+
+def test_lm_head_is_the_embedding():
+    model = build()
+    assert model.lm_head.weight is model.wte.weight
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+
+
+@pytest.mark.parametrize("positions", ["rope", "learned"])
+def test_param_groups_cover_every_parameter_once(positions):
+    model = build(positions=positions)
+    decay, no_decay = model.param_groups(0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    ids = [id(p) for group in (decay, no_decay) for p in group["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    undecayed = {id(p) for p in no_decay["params"]}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert id(model.wte.weight) in undecayed
+    assert all("norm" in names[i] or names[i] in ("wte.weight", "wpe.weight") for i in undecayed)
+    assert sorted(names[id(p)].split(".", 2)[-1] for p in decay["params"]) == sorted(
+        ["attn.qkv.weight", "attn.proj.weight", "mlp.w1.weight", "mlp.w2.weight", "mlp.w3.weight"] * 2
+    )
+
+
+# ------------------------------------------------------------------------------------- init
+
+
+def test_init_scales_residual_projections():
+    model = build(n_layer=8, n_embd=128, n_head=4)
+    residual_std = 0.02 / math.sqrt(2 * 8)
+    for block in model.blocks:
+        assert block.attn.proj.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+        assert block.mlp.w2.weight.std().item() == pytest.approx(residual_std, rel=0.05)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert torch.equal(block.attn_norm.weight, torch.ones(128))
+    assert model.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert isinstance(model.blocks, torch.nn.ModuleList) and all(isinstance(b, Block) for b in model.blocks)
+
+
+def test_meta_build_then_materialise():
+    fresh = build()
+    with torch.device("meta"):
+        model = GPT(ModelConfig(preset="tiny", vocab_size=VOCAB))
+    assert model.rope_cos.is_meta and model.num_params() == fresh.num_params()
+    model.to_empty(device="cpu")
+    model.init_weights()
+    torch.testing.assert_close(model.rope_cos, fresh.rope_cos)
+    torch.testing.assert_close(model.rope_sin, fresh.rope_sin)
+    assert model.lm_head.weight is model.wte.weight
+    _, loss = model(tokens(2, 32), tokens(2, 32, seed=1))
+    assert abs(loss.item() - math.log(VOCAB)) < 0.3
+
+
+# ------------------------------------------------------------------------------------ learns
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"positions": "rope", "mlp": "swiglu"}, {"positions": "learned", "mlp": "gelu"}, {"dropout": 0.1}],
+    ids=["rope-swiglu", "learned-gelu", "dropout"],
+)
+def test_learns_a_repeating_sequence(fields):
+    model = build(**fields).train()
+    pattern = tokens(1, 8)
+    data = pattern.repeat(4, 9)[:, :65]  # period 8: every next token is predictable from context
+    inputs, targets = data[:, :-1], data[:, 1:]
+    optimizer = torch.optim.AdamW(model.param_groups(0.1), lr=3e-3)
+    for _ in range(80):
+        _, loss = model(inputs, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2, loss.item()
+
+
+# ----------------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("preset, expected", [("tiny", 139_584), ("shakespeare", 918_656)])
+def test_presets_build(preset, expected):
+    model = GPT(ModelConfig(preset=preset, vocab_size=VOCAB))
+    assert model.num_params() == expected
+    assert model(tokens(1, 8))[0].shape == (1, 8, VOCAB)
+
+
+def test_gpt2_124m_size():
+    with torch.device("meta"):
+        gpt2 = GPT(ModelConfig(preset="gpt2-124m", vocab_size=50257, mlp="gelu", positions="learned"))
+        default = GPT(ModelConfig(preset="gpt2-124m", vocab_size=50257))
+    d, layers = 768, 12
+    block = 4 * d * d + 2 * d * 4 * d + 2 * d
+    assert gpt2.padded_vocab_size == 50304
+    assert gpt2.num_params() == 50304 * d + layers * block + d == 123_587_328
+    assert gpt2.num_params(non_embedding=False) == 123_587_328 + 1024 * d
+    # SwiGLU's hidden 2048 = 8/3 * 768 exactly, so the MLP has the same size; RoPE has no table.
+    assert default.num_params() == default.num_params(non_embedding=False) == 123_587_328

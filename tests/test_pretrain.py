@@ -1,0 +1,115 @@
+"""`pretrain` on real Ray Train with 2 CPU workers: metrics, checkpoints, exact resume, FSDP2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import shared_file
+from raylm.config import load_config
+from raylm.errors import RaylmError
+
+pytestmark = pytest.mark.timeout(300)
+STEPS = ["train.max_steps=16", "train.log_every=1", "train.eval_every=8", "train.checkpoint_every=4",
+         "train.warmup_steps=2", "train.eval_batches=2", "train.batch_size=8", "train.shuffle_buffer=64"]
+
+
+@pytest.fixture(scope="module")
+def prepared(ray_session, tmp_path_factory) -> Path:
+    from raylm.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    corpus = shared_file("tinyshakespeare.txt")
+    prepare(load_config(None, [f"data.sources=[{corpus}]", r"data.document_separator='\n\n'", "data.filters.profile=none",
+                               "data.dedup.near=false", "data.tokenizer.vocab_size=320", "data.seq_len=32",
+                               "data.split.val=0.05", "data.split.test=0.05", f"data.output={out}"]), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory) -> dict[int, float]:
+    """Losses of the uninterrupted run that the interrupted ones must reproduce."""
+    runs = tmp_path_factory.mktemp("runs")
+    assert train(prepared, runs, "ref").error is None
+    return dict(losses(runs / "ref"))
+
+
+def train(prepared: Path, runs: Path, name: str, *overrides: str):
+    from raylm.train.trainer import pretrain
+
+    config = load_config(None, [f"train.data={prepared}", f"train.storage={runs}", f"train.name={name}", *STEPS, *overrides])
+    return pretrain(config, log=lambda _: None)
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def split_at_resume(history: list[tuple[int, float]]) -> tuple[list, list, int]:
+    """(steps logged before the fault, steps after the resume, step resumed from)."""
+    steps = [step for step, _ in history]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    return history[:restart], history[restart:], steps[restart] - 1
+
+
+def test_tiny_model_trains_writes_metrics_checkpoints_and_evaluates(prepared, tmp_path):
+    result = train(prepared, tmp_path, "plain", "train.keep_checkpoints=2")
+    run = tmp_path / "plain"
+    assert result.error is None
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 17))
+    assert records[-1]["loss"] < records[0]["loss"] - 0.5
+    assert {"lr", "grad_norm", "tokens_per_s", "step_ms"} <= set(records[0]) and records[0]["mfu"] is None
+    assert {"val_loss", "val_ppl", "val_bpb"} <= set(records[7]) and records[15]["val_bpb"] < records[7]["val_bpb"]
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-0000012", "checkpoint-0000016"]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert load_config(run / "config.yaml").model.vocab_size == 320
+    out = subprocess.run([sys.executable, "-m", "raylm", "evaluate", "--checkpoint", str(run), "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["checkpoint"].endswith("checkpoint-0000016") and "test split" in report["data"]
+    assert 0 < report["bits_per_byte"] < records[0]["loss"] / 0.69 and report["loss"] < records[0]["loss"]
+
+
+def test_a_worker_death_restarts_from_the_checkpoint_and_continues_exactly(prepared, reference, tmp_path):
+    result = train(prepared, tmp_path, "faulty", "train.fault_at_step=10", "train.max_failures=1")
+    assert result.error is None
+    before, after, resumed_from = split_at_resume(losses(tmp_path / "faulty"))
+    assert [step for step, _ in before] == list(range(1, 10))  # rank 0 died stepping 10, before logging it
+    assert resumed_from == 8 and [step for step, _ in after] == list(range(9, 17))
+    assert before == [(step, reference[step]) for step in range(1, 10)]
+    assert after == [(step, reference[step]) for step in range(9, 17)], "losses after the resume differ"
+
+
+def test_resubmitting_a_failed_run_resumes_it(prepared, reference, tmp_path):
+    with pytest.raises(Exception):
+        train(prepared, tmp_path, "again", "train.fault_at_step=6")  # no restarts allowed: the run fails
+    assert [step for step, _ in losses(tmp_path / "again")] == list(range(1, 6))
+    assert train(prepared, tmp_path, "again", "train.fault_at_step=6").error is None  # the fault fired already
+    before, after, resumed_from = split_at_resume(losses(tmp_path / "again"))
+    assert resumed_from == 4 and after == [(step, reference[step]) for step in range(5, 17)]
+
+
+def test_fsdp2_on_cpu_trains_checkpoints_and_resumes_exactly(prepared, tmp_path):
+    assert train(prepared, tmp_path, "fsdp", "train.strategy=fsdp").error is None
+    reference = losses(tmp_path / "fsdp")
+    assert reference[-1][1] < reference[0][1] - 0.5
+    assert train(prepared, tmp_path, "fsdp-fault", "train.strategy=fsdp", "train.fault_at_step=7", "train.max_failures=1").error is None
+    before, after, resumed_from = split_at_resume(losses(tmp_path / "fsdp-fault"))
+    assert resumed_from == 4 and before == reference[:6] and after == reference[4:]
+
+
+def test_pretrain_refuses_mismatched_data_before_starting(prepared, tmp_path):
+    with pytest.raises(RaylmError, match=r"seq_len \(32\) is larger than model.block_size \(16\)"):
+        train(prepared, tmp_path, "x", "model.block_size=16")
+    with pytest.raises(RaylmError, match="no prepared dataset at"):
+        train(tmp_path / "nothing", tmp_path, "x")
+    with pytest.raises(RaylmError, match="fewer than train.workers x train.batch_size"):
+        train(prepared, tmp_path, "x", "train.batch_size=100000")
+    with pytest.raises(RaylmError, match="smaller than the data's tokenizer"):
+        train(prepared, tmp_path, "x", "model.vocab_size=100")
