@@ -23,6 +23,7 @@ from raylm.train.loop import train_loop_per_worker
 
 MANIFEST = "manifest.json"
 DATA_CPUS = 1.0  # left to Ray Data: its file-listing and read tasks each need a whole CPU
+CACHE_BYTES = 512 << 20  # a train split this small is read once and kept in the object store
 
 
 def read_manifest(data: str) -> dict:
@@ -77,12 +78,16 @@ def pretrain(config: Config, address: str | None = None, num_cpus: int | None = 
     splits = manifest["splits"]
     shards = [storage.join(data, shard) for shard in splits["train"]["shards"]]
     random.Random(train.seed).shuffle(shards)  # file-level shuffle, the same on every run
-    datasets = {"train": ray.data.read_parquet(shards, **_filesystem(data))}
+    train_data = _read_in_order(shards, data)
+    token_bytes = 2 if manifest["dtype"] == "uint16" else 4
+    if splits["train"]["sequences"] * (manifest["seq_len"] + 1) * token_bytes < CACHE_BYTES:
+        train_data = train_data.materialize()  # epochs then start without re-reading the shards
+    datasets = {"train": train_data}
     has_val = splits["val"]["sequences"] >= train.workers
     if has_val:
         # Held-out data is small and read at every evaluation: read it once, into the object store.
         val_shards = [storage.join(data, s) for s in splits["val"]["shards"]]
-        datasets["val"] = ray.data.read_parquet(val_shards, **_filesystem(data)).materialize()
+        datasets["val"] = _read_in_order(val_shards, data).materialize()
     storage_fs, storage_path = storage.filesystem(storage.absolute(train.storage))
     reserved = worker_cpus(config, runtime.cluster_cpus())
     if reserved < train.cpus_per_worker:
@@ -122,6 +127,14 @@ def worker_cpus(config: Config, cluster_cpus: float) -> float:
     if train.use_gpu:
         return train.cpus_per_worker
     return max(0.1, min(train.cpus_per_worker, (cluster_cpus - DATA_CPUS) / train.workers))
+
+
+def _read_in_order(shards: list[str], data: str) -> ray.data.Dataset:
+    """The shards' windows in the order given, also when materialized in the driver (which runs
+    with the dataset's own context, not the trainer's DataConfig)."""
+    dataset = ray.data.read_parquet(shards, **_filesystem(data))
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def _filesystem(path: str) -> dict:
