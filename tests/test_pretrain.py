@@ -31,11 +31,16 @@ def prepared(ray_session, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(prepared, tmp_path_factory) -> dict[int, float]:
-    """Losses of the uninterrupted run that the interrupted ones must reproduce."""
+def reference_run(prepared, tmp_path_factory) -> Path:
+    """The uninterrupted run: checked on its own, and reproduced by the interrupted ones."""
     runs = tmp_path_factory.mktemp("runs")
-    assert train(prepared, runs, "ref").error is None
-    return dict(losses(runs / "ref"))
+    assert train(prepared, runs, "ref", "train.keep_checkpoints=2").error is None
+    return runs / "ref"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[int, float]:
+    return dict(losses(reference_run))
 
 
 def train(prepared: Path, runs: Path, name: str, *overrides: str):
@@ -56,10 +61,8 @@ def split_at_resume(history: list[tuple[int, float]]) -> tuple[list, list, int]:
     return history[:restart], history[restart:], steps[restart] - 1
 
 
-def test_tiny_model_trains_writes_metrics_checkpoints_and_evaluates(prepared, tmp_path):
-    result = train(prepared, tmp_path, "plain", "train.keep_checkpoints=2")
-    run = tmp_path / "plain"
-    assert result.error is None
+def test_tiny_model_trains_writes_metrics_checkpoints_and_evaluates(reference_run):
+    run = reference_run
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 17))
     assert records[-1]["loss"] < records[0]["loss"] - 0.5

@@ -50,18 +50,17 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
     env.update(extra_env)
     result = subprocess.run(words, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
-    assert "prepare: wrote" in result.stdout
     return result
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 3
+    assert len(COMMANDS) == 5
     assert "make demo\nmake test" in README
 
 
 @pytest.mark.timeout(300)
 def test_local_sources_command(user_folder):
-    run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {})
+    assert "prepare: wrote" in run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {}).stdout
     manifest = json.loads((user_folder / "prepared" / "books" / "manifest.json").read_text())
     assert manifest["files"]["read"] == 6 and manifest["documents"]["kept_per_split"]["val"] >= 1
     assert manifest["documents"]["kept"] >= 10
@@ -85,3 +84,19 @@ def test_s3_command(user_folder, s3_server):
     run_readme_command(next(c for c in COMMANDS if "s3://" in c), user_folder, env)
     manifest = json.loads(client.get_object(Bucket="my-bucket", Key="prepared/manifest.json")["Body"].read())
     assert manifest["files"]["read"] == 4 and manifest["documents"]["kept"] > 0
+
+
+@pytest.mark.timeout(400)
+def test_pretrain_and_evaluate_commands(tmp_path, ray_session):
+    """On a small `prepared` folder in the working directory, as after `raylm prepare`."""
+    from raylm.config import load_config
+    from raylm.data.prepare import prepare
+
+    prepare(load_config(None, [f"data.sources=[{shared_file('tinyshakespeare.txt')}]", r"data.document_separator='\n\n'",
+                               "data.filters.profile=none", "data.dedup.near=false", "data.tokenizer.vocab_size=300",
+                               "data.seq_len=64", f"data.output={tmp_path / 'prepared'}"]), log=lambda _: None)
+    run_readme_command(next(c for c in COMMANDS if c.startswith("raylm pretrain")), tmp_path, {})
+    steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 200
+    report = json.loads(run_readme_command(next(c for c in COMMANDS if c.startswith("raylm evaluate")), tmp_path, {}).stdout)
+    assert report["checkpoint"].endswith("checkpoint-0000200") and report["bits_per_byte"] > 0
