@@ -55,7 +55,7 @@ class RunLog:
             with open(self.metrics_path, "a") as f:
                 f.write(line)
         for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and value is not None:
+            if key != "step" and isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, record["step"])
         self.writer.flush()
 
