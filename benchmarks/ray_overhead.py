@@ -96,13 +96,13 @@ def main() -> None:
             plains.append(plain())
         ray.shutdown()
     print(f"{args.preset}, batch {args.batch} x 128 tokens, 1 thread, shuffle buffer {args.shuffle_buffer}")
+    overheads = []
     for round_, seconds in enumerate(rays):
         baseline = (plains[round_] + plains[round_ + 1]) / 2
+        overheads.append((seconds / baseline - 1) * 100)
         print(f"round {round_ + 1}: plain loop {plains[round_] * 1e3:.1f} / {plains[round_ + 1] * 1e3:.1f} ms/step "
-              f"(before / after), Ray Train {seconds * 1e3:.1f} ms/step: overhead {(seconds / baseline - 1) * 100:+.1f}%")
-    overall = statistics.median(rays) / statistics.median(plains)
-    print(f"all rounds: plain median {statistics.median(plains) * 1e3:.1f} ms/step, Ray Train median "
-          f"{statistics.median(rays) * 1e3:.1f} ms/step: overhead {(overall - 1) * 100:+.1f}%")
+              f"(before / after), Ray Train {seconds * 1e3:.1f} ms/step: overhead {overheads[-1]:+.1f}%")
+    print(f"median overhead over {len(overheads)} rounds: {statistics.median(overheads):+.1f}%")
 
 
 if __name__ == "__main__":
