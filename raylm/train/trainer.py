@@ -131,9 +131,11 @@ def worker_cpus(config: Config, cluster_cpus: float) -> float:
 
 def _read_in_order(shards: list[str], data: str) -> ray.data.Dataset:
     """The shards' windows in the order given, also when materialized in the driver (which runs
-    with the dataset's own context, not the trainer's DataConfig)."""
+    with the dataset's own context, not the trainer's DataConfig). No Ray Data progress bars: the
+    run's step line is its progress, and per-epoch split bars only fill the log."""
     dataset = ray.data.read_parquet(shards, **_filesystem(data))
     dataset.context.execution_options.preserve_order = True
+    dataset.context.enable_progress_bars = False
     return dataset
 
 
