@@ -80,6 +80,32 @@ def test_tiny_model_trains_writes_metrics_checkpoints_and_evaluates(reference_ru
     assert 0 < report["bits_per_byte"] < records[0]["loss"] / 0.69 and report["loss"] < records[0]["loss"]
 
 
+def test_evaluate_scores_text_files_in_training_windows_and_refuses_bad_ones(reference_run, tmp_path):
+    from tokenizers import Tokenizer
+
+    from raylm.eval.evaluate import evaluate
+
+    text = shared_file("tinyshakespeare.txt").read_text()[:6000]
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    files[0].write_text(text[:4000])
+    files[1].write_text(text[4000:])
+    report = evaluate(str(reference_run), [str(f) for f in files])
+    tokenizer = Tokenizer.from_file(str(reference_run / "tokenizer.json"))
+    assert report["bytes"] == len(text.encode())
+    # Each file then EOS, as in training; every token but the very first is predicted once.
+    assert report["tokens"] == sum(len(tokenizer.encode(f.read_text()).ids) + 1 for f in files) - 1
+    assert report["data"] == f"{files[0]}, {files[1]}" and 0 < report["bits_per_byte"] < 8
+    assert load_config(reference_run / "config.yaml").data.seq_len == 32  # the windows it trained on
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(RaylmError, match="no text to evaluate in"):
+        evaluate(str(reference_run), [str(tmp_path / "empty.txt")])
+    out = subprocess.run([sys.executable, "-m", "raylm", "evaluate", "--checkpoint", str(reference_run), "missing.txt"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and "cannot read" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "raylm", "evaluate", "--checkpoint", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and f"no checkpoint in {tmp_path}" in out.stderr
+
 def test_a_worker_death_restarts_from_the_checkpoint_and_continues_exactly(prepared, reference, tmp_path):
     result = train(prepared, tmp_path, "faulty", "train.fault_at_step=10", "train.max_failures=1")
     assert result.error is None

@@ -75,11 +75,15 @@ def _prepared_split(path: str) -> tuple[list[np.ndarray], int, int, str]:
     return windows, stats["tokens"], stats["bytes"], f"{path} ({split} split)"
 
 
-def _text_files(paths: list[str], tokenizer: Tokenizer, block_size: int) -> tuple[list[np.ndarray], int, int, str]:
+def _text_files(paths: list[str], tokenizer: Tokenizer, seq_len: int) -> tuple[list[np.ndarray], int, int, str]:
+    """The files' tokens, each file followed by EOS as in training, cut into the windows the model
+    trained on (seq_len + 1 tokens, overlapping by one so every token but the first is predicted once)."""
     texts = [storage.read_bytes(storage.absolute(p)).decode("utf-8", errors="replace") for p in paths]
     eos = tokenizer.token_to_id(EOS)
     stream = np.array([t for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False) for t in [*e.ids, eos]])
-    windows = [stream[i : i + block_size + 1] for i in range(0, len(stream) - 1, block_size)]
+    if len(stream) < 2:
+        raise RaylmError(f"no text to evaluate in {', '.join(paths)}")
+    windows = [stream[i : i + seq_len + 1] for i in range(0, len(stream) - 1, seq_len)]
     return windows, len(stream) - 1, sum(len(t.encode()) for t in texts), ", ".join(paths)
 
 
@@ -90,7 +94,7 @@ def evaluate(run_dir: str, inputs: list[str]) -> dict:
     if len(inputs) == 1 and storage.exists(storage.join(storage.absolute(inputs[0]), "manifest.json")):
         windows, tokens, nbytes, what = _prepared_split(inputs[0])
     else:
-        windows, tokens, nbytes, what = _text_files(inputs, tokenizer, config.model.block_size)
+        windows, tokens, nbytes, what = _text_files(inputs, tokenizer, config.data.seq_len)
     nats, count = _score(model, windows)
     loss = nats / count
     return {

@@ -34,7 +34,8 @@ def read_manifest(data: str) -> dict:
 
 
 def resolve(config: Config, manifest: dict) -> Config:
-    """The config the workers run: the model's vocabulary from the data; the data fits the model."""
+    """The config the workers run: the model's vocabulary and the window length from the data,
+    which must fit the model."""
     vocab = manifest["tokenizer"]["vocab_size"]
     model = config.model
     if model.vocab_size is None:
@@ -49,7 +50,8 @@ def resolve(config: Config, manifest: dict) -> Config:
     if sequences < train.workers * train.batch_size:
         raise RaylmError(f"the train split has {sequences} sequences, fewer than train.workers x train.batch_size "
                          f"({train.workers} x {train.batch_size}): lower them or prepare more data")
-    return config.model_copy(update={"model": model})
+    # data.seq_len records the windows the model trains on (evaluate windows text files alike).
+    return config.model_copy(update={"model": model, "data": config.data.model_copy(update={"seq_len": manifest["seq_len"]})})
 
 
 def run_folder(config: Config) -> str:
