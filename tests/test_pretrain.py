@@ -26,7 +26,7 @@ def prepared(ray_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "shakespeare"
     corpus = shared_file("tinyshakespeare.txt")
     prepare(load_config(None, [f"data.sources=[{corpus}]", r"data.document_separator='\n\n'", "data.filters.profile=none",
-                               "data.dedup.near=false", "data.tokenizer.vocab_size=320", "data.seq_len=32",
+                               "data.dedup.exact=false", "data.dedup.near=false", "data.tokenizer.vocab_size=320", "data.seq_len=32",
                                "data.split.val=0.05", "data.split.test=0.05", f"data.output={out}"]), log=lambda _: None)
     return out
 
@@ -44,11 +44,11 @@ def reference(reference_run) -> dict[int, float]:
     return dict(losses(reference_run))
 
 
-def train(prepared: Path, runs: Path, name: str, *overrides: str):
+def train(prepared: Path, runs: Path, name: str, *overrides: str, log=lambda _: None):
     from raylm.train.trainer import pretrain
 
     config = load_config(None, [f"train.data={prepared}", f"train.storage={runs}", f"train.name={name}", *STEPS, *overrides])
-    return pretrain(config, log=lambda _: None)
+    return pretrain(config, log=log)
 
 
 def losses(run: Path) -> list[tuple[int, float]]:
@@ -120,9 +120,16 @@ def test_resubmitting_a_failed_run_resumes_it(prepared, reference, tmp_path):
     with pytest.raises(Exception):
         train(prepared, tmp_path, "again", "train.fault_at_step=6")  # no restarts allowed: the run fails
     assert [step for step, _ in losses(tmp_path / "again")] == list(range(1, 6))
-    assert train(prepared, tmp_path, "again", "train.fault_at_step=6").error is None  # the fault fired already
+    said = []
+    assert train(prepared, tmp_path, "again", "train.fault_at_step=6", log=said.append).error is None  # the fault fired already
+    assert f"pretrain: resuming from step 4 ({tmp_path / 'again' / 'checkpoint-0000004'})" in said
     before, after, resumed_from = split_at_resume(losses(tmp_path / "again"))
     assert resumed_from == 4 and after == [(step, reference[step]) for step in range(5, 17)]
+    said.clear()  # the finished run, started again on one worker: nothing left to train, and it says why order differs
+    assert train(prepared, tmp_path, "again", "train.workers=1", log=said.append).error is None
+    assert any(line.startswith("pretrain: resuming from step 16") and "saved by 2 workers and this run has 1" in line
+               for line in said)
+    assert len(losses(tmp_path / "again")) == 5 + 12
 
 
 def test_fsdp2_on_cpu_trains_checkpoints_and_resumes_exactly(prepared, tmp_path):
@@ -155,7 +162,7 @@ def test_s3_data_and_run_storage_resume_and_evaluate(prepared, s3_server, tmp_pa
         if path.is_file():
             client.put_object(Bucket="lm-runs", Key=f"data/{path.relative_to(prepared)}", Body=path.read_bytes())
     args = ["--num-cpus", "2", "train.data=s3://lm-runs/data", "train.storage=s3://lm-runs/runs", "train.name=remote",
-            "train.fault_at_step=6", *STEPS]
+            "train.fault_at_step=6", *STEPS, "train.max_steps=8"]
     full_env = {**os.environ, **env}
     first = subprocess.run([sys.executable, "-m", "raylm", "pretrain", *args], env=full_env, capture_output=True,
                            text=True, timeout=300, cwd=tmp_path)
@@ -170,12 +177,12 @@ def test_s3_data_and_run_storage_resume_and_evaluate(prepared, s3_server, tmp_pa
         return client.get_object(Bucket="lm-runs", Key=key)["Body"].read().decode()
 
     steps = [json.loads(line)["step"] for line in text("runs/remote/metrics.jsonl").splitlines()]
-    assert steps == [*range(1, 6), *range(5, 17)]
+    assert steps == [*range(1, 6), *range(5, 9)]
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="lm-runs", Prefix="runs/remote/")["Contents"]}
-    assert any(k.startswith("runs/remote/checkpoint-0000016/") for k in keys)
+    assert any(k.startswith("runs/remote/checkpoint-0000008/") for k in keys)
     assert any(k.startswith("runs/remote/tensorboard/events.out.tfevents.") for k in keys)
     out = subprocess.run([sys.executable, "-m", "raylm", "evaluate", "--checkpoint", "s3://lm-runs/runs/remote", "--json"],
                          env=full_env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout)
-    assert report["checkpoint"].endswith("checkpoint-0000016") and report["bits_per_byte"] > 0
+    assert report["checkpoint"].endswith("checkpoint-0000008") and report["bits_per_byte"] > 0

@@ -93,7 +93,7 @@ def test_pretrain_and_evaluate_commands(tmp_path, ray_session):
     from raylm.data.prepare import prepare
 
     prepare(load_config(None, [f"data.sources=[{shared_file('tinyshakespeare.txt')}]", r"data.document_separator='\n\n'",
-                               "data.filters.profile=none", "data.dedup.near=false", "data.tokenizer.vocab_size=300",
+                               "data.filters.profile=none", "data.dedup.exact=false", "data.dedup.near=false", "data.tokenizer.vocab_size=300",
                                "data.seq_len=64", f"data.output={tmp_path / 'prepared'}"]), log=lambda _: None)
     run_readme_command(next(c for c in COMMANDS if c.startswith("raylm pretrain")), tmp_path, {})
     steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "pretrain" / "metrics.jsonl").read_text().splitlines()]

@@ -48,6 +48,11 @@ def latest_complete(run_dir: str) -> str | None:
     return None
 
 
+def saved_state(checkpoint: str) -> dict:
+    """The training state rank 0 saved with a checkpoint: step, data position, world size."""
+    return json.loads(storage.read_bytes(storage.join(checkpoint, STATE)))
+
+
 def save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, rank: int) -> None:
     model_state, optimizer_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=os.path.join(directory, WEIGHTS))

@@ -19,6 +19,7 @@ from ray.train.torch import TorchTrainer
 from raylm import runtime, storage
 from raylm.config import Config, dump_config
 from raylm.errors import RaylmError
+from raylm.train.checkpoint import latest_complete, saved_state
 from raylm.train.loop import train_loop_per_worker
 
 MANIFEST = "manifest.json"
@@ -76,6 +77,14 @@ def pretrain(config: Config, address: str | None = None, num_cpus: int | None = 
         f"{model.flops_per_token(manifest['seq_len']) / 1e6:.1f} MFLOPs per token; run folder {run_dir}")
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
     storage.write_bytes(storage.join(run_dir, "tokenizer.json"), storage.read_bytes(storage.join(data, "tokenizer.json")))
+
+    resume = latest_complete(run_dir)
+    if resume:
+        saved = saved_state(resume)
+        note = "" if saved["world_size"] == train.workers else (
+            f"; it was saved by {saved['world_size']} workers and this run has {train.workers}, so the data order "
+            "from here on is not the one an uninterrupted run would have seen")
+        log(f"pretrain: resuming from step {saved['step']} ({resume}){note}")
 
     splits = manifest["splits"]
     shards = [storage.join(data, shard) for shard in splits["train"]["shards"]]
