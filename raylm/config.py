@@ -248,6 +248,78 @@ class TrainConfig(StrictModel):
     seed: int = Field(0, description="Seed of weights, data order and dropout.")
 
 
+# ----------------------------------------------------------------------------------- finetune
+
+LoraTarget = Literal["qkv", "proj", "w1", "w2", "w3"]
+
+
+class LoraConfig(StrictModel):
+    rank: int = Field(8, ge=1, description="Rank r of the low-rank update B @ A added to each target weight.")
+    alpha: float = Field(16.0, gt=0, description="The update is scaled by alpha / rank.")
+    dropout: Fraction = Field(0.0, description="Dropout on the adapter's input.")
+    targets: list[LoraTarget] = Field(
+        ["qkv", "proj", "w1", "w2", "w3"],
+        description="Projections that get adapters: attention qkv and output proj, MLP w1, w2 and w3 (SwiGLU gate).",
+    )
+
+
+class FinetuneConfig(StrictModel):
+    init: str | None = Field(None, description="Run folder (local or s3://) whose latest checkpoint fine-tuning starts from; its model and tokenizer are used.")
+    method: Literal["full", "lora"] = Field("full", description="Train every weight, or only LoRA adapters (merged into the weights at the end).")
+    lora: LoraConfig = LoraConfig()
+    instructions: list[str] = Field(
+        [], description="JSONL files (local or s3://) of prompt/response pairs to train on instead of train.data; loss only on response tokens."
+    )
+    prompt_field: str = Field("prompt", description="JSON field of the prompt in instruction files.")
+    response_field: str = Field("response", description="JSON field of the response in instruction files.")
+
+    @field_validator("instructions", mode="before")
+    @classmethod
+    def _one_file_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+# --------------------------------------------------------------------------------------- tune
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+
+
+class TuneConfig(StrictModel):
+    name: str = Field("sweep", description="Sweep folder under train.storage: best-config.yaml, results.json, trials/<trial>/ run folders.")
+    command: Literal["pretrain", "finetune"] = Field("pretrain", description="What each trial runs.")
+    search_space: dict[str, dict[str, list]] = Field(
+        {}, description="Config key -> {choice: [...]} | {grid: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]} | {randint: [lo, hi]}."
+    )
+    num_samples: int = Field(4, ge=1, description="Trials drawn from the space (each grid point num_samples times).")
+    metric: str = Field("val_loss", description="Reported metric the sweep optimises and ASHA compares.")
+    mode: Literal["min", "max"] = Field("min", description="Minimise or maximise tune.metric.")
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="ASHA stops weak trials at evaluations; fifo runs every trial to the end.")
+    grace_period: int = Field(1, ge=1, description="ASHA: evaluations a trial gets before it may be stopped.")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/reduction_factor of the trials at each rung.")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials at once (default: as many as the cluster's CPUs/GPUs fit).")
+    seed: int = Field(0, description="Seed of the search (which points are drawn).")
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_distributions(cls, space: dict[str, dict[str, list]]) -> dict[str, dict[str, list]]:
+        for key, spec in space.items():
+            if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+                raise ValueError(f"{key}: give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [1e-4, 1e-2]}}")
+            kind, values = next(iter(spec.items()))
+            if not values:
+                raise ValueError(f"{key}: {kind} needs values")
+            if kind in ("uniform", "loguniform", "randint"):
+                number = int if kind == "randint" else float
+                try:  # YAML reads 3e-4 (no dot) as a string
+                    low, high = (number(v) for v in values)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{key}: {kind} takes [low, high] numbers, got {values}") from None
+                if not low < high or (kind == "loguniform" and low <= 0):
+                    raise ValueError(f"{key}: {kind} needs 0 < low < high" if kind == "loguniform" else f"{key}: {kind} needs low < high")
+                spec[kind] = [low, high]
+        return space
+
+
 # --------------------------------------------------------------------------------------- root
 
 
@@ -255,6 +327,8 @@ class Config(StrictModel):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    tune: TuneConfig = TuneConfig()
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -299,15 +373,30 @@ def _apply_override(raw: dict[str, Any], item: str) -> str:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text
+    _set_dotted(raw, key, value, f"override '{item}'")
+    return key
+
+
+def with_values(config: Config, values: dict[str, Any], where: str = "search space") -> Config:
+    """The config with dotted keys set to already-parsed values: a Tune trial's point."""
+    raw = config.model_dump(mode="json")
+    for key, value in values.items():
+        _set_dotted(raw, key, value, f"{where} key '{key}'")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise _explain(err, where, list(values), label=where) from None
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, origin: str) -> None:
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is a value, not a section")
+            raise ConfigError(f"{origin}: {'.'.join(parts[: i + 1])} is a value, not a section")
         node = child
     node[parts[-1]] = value
-    return key
 
 
 def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
@@ -352,12 +441,13 @@ def closest_key(key: str) -> str | None:
     return None
 
 
-def _explain(err: ValidationError, where: str, overridden: list[str]) -> ConfigError:
-    """Turn pydantic's first error into one line: key, origin, problem, fix."""
+def _explain(err: ValidationError, where: str, overridden: list[str], label: str = "command line") -> ConfigError:
+    """Turn pydantic's first error into one line: key, origin (the file, or `label` for a key set
+    as an override), problem, fix."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
     origin = next(
-        (f"command line ({o}=...)" for o in overridden if key == o or key.startswith(o + ".") or o.startswith(key + ".")),
+        (f"{label} ({o}=...)" for o in overridden if key == o or key.startswith(o + ".") or o.startswith(key + ".")),
         where,
     )
     if first["type"] == "extra_forbidden":

@@ -6,9 +6,11 @@ points at an S3-compatible store such as MinIO or R2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -141,6 +143,25 @@ def write_bytes(path: str, data: bytes) -> None:
         fs.create_dir(parent, recursive=True)
     with fs.open_output_stream(inner) as stream:
         stream.write(data)
+
+
+def upload_dir(local: str, destination: str) -> None:
+    """Copy a local folder's files to a folder, local or s3:// (checkpoints written in a temp dir)."""
+    fs, inner = filesystem(destination)
+    fs.create_dir(inner, recursive=True)
+    pafs.copy_files(local, inner, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+@contextlib.contextmanager
+def local_dir(path: str):
+    """A folder as a local path: itself, or a temporary copy of an s3:// folder."""
+    if not is_remote(path):
+        yield path
+        return
+    fs, inner = filesystem(path)
+    with tempfile.TemporaryDirectory(prefix="raylm-") as local:
+        pafs.copy_files(inner, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        yield local
 
 
 def delete_dir(path: str) -> None:

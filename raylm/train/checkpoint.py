@@ -7,9 +7,11 @@ share the format, and a checkpoint loads on another number of workers or in a si
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import warnings
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -75,11 +77,29 @@ def load_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Opt
         return json.load(f)
 
 
+def save_weights(directory: str, model: nn.Module, step: int) -> None:
+    """Model weights only, from one process, as a checkpoint every reader of run folders loads."""
+    with _single_process():
+        dcp.save({"model": model.state_dict()}, checkpoint_id=os.path.join(directory, WEIGHTS))
+    torch.save(_rng_states(), os.path.join(directory, "rng-rank0.pt"))
+    with open(os.path.join(directory, STATE), "w") as f:
+        json.dump({"step": step, "world_size": 1}, f)
+
+
 def load_weights(directory: str, model: nn.Module) -> None:
     """Model weights only, in one process without a process group (evaluation, generation)."""
     state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=os.path.join(directory, WEIGHTS))
+    with _single_process():
+        dcp.load(state, checkpoint_id=os.path.join(directory, WEIGHTS))
     model.load_state_dict(state["model"])
+
+
+@contextlib.contextmanager
+def _single_process():
+    """DCP warns that it assumes a single process when no process group exists: that is the point here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _rng_states() -> dict:

@@ -21,13 +21,15 @@ import torch.distributed as dist
 
 from raylm import storage
 from raylm.config import Config, TrainConfig
+from raylm.finetune.lora import apply_lora
 from raylm.model.gpt import GPT
-from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, save_checkpoint
+from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, load_weights, save_checkpoint
 from raylm.train.metrics import RunLog, peak_flops
 from raylm.train.parallelize import gradient_sync, parallelize, unwrap
 from raylm.train.schedule import learning_rate
 
 FAULT_MARKER = "fault-injected"
+IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 
 def say(line: str) -> None:
@@ -53,14 +55,25 @@ class Batches:
             next(batches)
         return batches
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> dict[str, torch.Tensor]:
         batch = next(self.batches, None)
         if batch is None:
             self.epoch, self.consumed = self.epoch + 1, 0
             self.batches = self._epoch(skip=0)
             batch = next(self.batches)
         self.consumed += 1
-        return batch["tokens"].to(torch.int64)
+        return batch
+
+
+def inputs_and_targets(batch: dict[str, torch.Tensor], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token pairs of a batch of windows. Instruction rows carry a `loss_mask`: targets outside
+    it (prompts, padding) become the index cross-entropy ignores, so only responses are learned."""
+    tokens = batch["tokens"].to(device=device, dtype=torch.int64, non_blocking=True)
+    targets = tokens[:, 1:]
+    if "loss_mask" in batch:
+        keep = batch["loss_mask"][:, 1:].to(device=device, non_blocking=True).bool()
+        targets = targets.masked_fill(~keep, IGNORE_INDEX)
+    return tokens[:, :-1], targets
 
 
 def accumulation_steps(train: TrainConfig, seq_len: int, world: int) -> int:
@@ -85,16 +98,21 @@ def train_loop_per_worker(payload: dict) -> None:
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = GPT(config.model).to(device)
     flops_per_token = model.flops_per_token(seq_len)
+    checkpoint = _resume_point(run_dir)
+    if checkpoint is None and payload["init_checkpoint"]:
+        _load_initial_weights(model, payload["init_checkpoint"])
+    if config.finetune.method == "lora":
+        apply_lora(model, config.finetune.lora)
     model = parallelize(model, train.strategy, device, compile=train.compile,
                         activation_checkpointing=train.activation_checkpointing)
-    optimizer = torch.optim.AdamW(unwrap(model).param_groups(train.weight_decay), lr=train.lr,
-                                  betas=(train.beta1, train.beta2), fused=device.type == "cuda")
+    groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
+              for group in unwrap(model).param_groups(train.weight_decay)]
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=device.type == "cuda")
     accumulate = accumulation_steps(train, seq_len, world)
     tokens_per_step = train.batch_size * seq_len * world * accumulate
     total_steps = planned_steps(train, tokens_per_step)
 
     state = {"step": 0, "tokens": 0, "epoch": 0, "consumed": 0, "train_seconds": 0.0, "world_size": world}
-    checkpoint = _resume_point(run_dir)
     if checkpoint:
         with checkpoint.as_directory() as directory:
             state = {**load_checkpoint(directory, model, optimizer, rank), "world_size": world}
@@ -109,6 +127,11 @@ def train_loop_per_worker(payload: dict) -> None:
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train.strategy == "ddp"
                 else contextlib.nullcontext())
     peak = peak_flops(device)
+    if payload["eval_at_start"] and state["step"] == 0 and val_shard is not None:
+        before = {"step": 0, **_evaluate(unwrap(model), val_shard, train, device, autocast, payload["val_tokens_per_byte"])}
+        if log:
+            log.write(before)
+            say(f"eval before training | val loss {before['val_loss']:.4f} | ppl {before['val_ppl']:.2f} | bpb {before['val_bpb']:.4f}")
     clock_started, seconds_before = time.perf_counter(), state["train_seconds"]
 
     finished = state["step"] >= total_steps
@@ -119,9 +142,9 @@ def train_loop_per_worker(payload: dict) -> None:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
         for micro in range(accumulate):
-            tokens = batches.next().to(device, non_blocking=True)
+            inputs, targets = inputs_and_targets(batches.next(), device)
             with gradient_sync(model, enabled=micro == accumulate - 1), autocast:
-                _, loss = model(tokens[:, :-1], tokens[:, 1:])
+                _, loss = model(inputs, targets)
                 (loss / accumulate).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip or float("inf"))
@@ -173,6 +196,13 @@ def _resume_point(run_dir: str) -> ray.train.Checkpoint | None:
     return registered
 
 
+def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
+    """Fine-tuning's start: the weights of another run's checkpoint (not its optimizer or step)."""
+    fs, inner = storage.filesystem(checkpoint)
+    with ray.train.Checkpoint(path=inner, filesystem=fs).as_directory() as directory:
+        load_weights(directory, model)
+
+
 def _step_metrics(state, loss, grad_norm, lr, tokens_per_step, step_seconds, flops_per_token, peak, world) -> dict:
     """The global view of a step: loss averaged over all workers (one all-reduce, on log steps)."""
     dist.all_reduce(loss)  # a sum: gloo has no average
@@ -195,11 +225,13 @@ def _evaluate(model, shard, train: TrainConfig, device, autocast, tokens_per_byt
         for i, batch in enumerate(shard.iter_torch_batches(batch_size=train.batch_size)):
             if train.eval_batches is not None and i >= train.eval_batches:
                 break
-            tokens = batch["tokens"].to(device=device, dtype=torch.int64)
+            inputs, targets = inputs_and_targets(batch, device)
+            count = (targets != IGNORE_INDEX).sum()
+            if not count:
+                continue
             with autocast:
-                _, loss = model(tokens[:, :-1], tokens[:, 1:])
-            count = tokens[:, 1:].numel()
-            totals += torch.stack([loss.double() * count, torch.tensor(count, dtype=torch.float64, device=device)])
+                _, loss = model(inputs, targets)
+            totals += torch.stack([loss.double() * count, count.double()])
     model.train()
     dist.all_reduce(totals)
     val_loss = (totals[0] / totals[1]).item() if totals[1] else float("nan")

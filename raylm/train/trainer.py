@@ -1,4 +1,5 @@
-"""`raylm pretrain`: the driver side — check the inputs, then run a Ray Train `TorchTrainer`.
+"""`raylm pretrain` (and the training half of `finetune` and `tune`): the driver side — check the
+inputs, then run a Ray Train `TorchTrainer`.
 
 The driver reads the prepared dataset's manifest (never its shards), writes the run's resolved
 config and tokenizer next to its checkpoints, and hands each worker a streaming shard of the data.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 
 import ray
 import ray.data
@@ -19,6 +21,7 @@ from ray.train.torch import TorchTrainer
 from raylm import runtime, storage
 from raylm.config import Config, dump_config
 from raylm.errors import RaylmError
+from raylm.finetune.instructions import InstructionSet
 from raylm.train.checkpoint import latest_complete, saved_state
 from raylm.train.loop import train_loop_per_worker
 
@@ -34,6 +37,23 @@ def read_manifest(data: str) -> dict:
     return json.loads(storage.read_bytes(path))
 
 
+@dataclass
+class TrainingJob:
+    """What the driver settles before Ray starts: the resolved config, the run folder, and what the
+    workers read — a prepared dataset or instruction rows — plus, to fine-tune, the starting weights."""
+
+    config: Config
+    run_dir: str
+    tokenizer_json: str
+    seq_len: int
+    data: str | None = None
+    manifest: dict | None = None
+    instructions: InstructionSet | None = None
+    init_checkpoint: str | None = None
+    eval_at_start: bool = False
+    command: str = "pretrain"  # what the driver's log lines start with
+
+
 def resolve(config: Config, manifest: dict) -> Config:
     """The config the workers run: the model's vocabulary and the window length from the data,
     which must fit the model."""
@@ -43,40 +63,60 @@ def resolve(config: Config, manifest: dict) -> Config:
         model = model.model_copy(update={"vocab_size": vocab})
     elif model.vocab_size < vocab:
         raise RaylmError(f"model.vocab_size={model.vocab_size} is smaller than the data's tokenizer ({vocab} tokens)")
-    if manifest["seq_len"] > model.block_size:
-        raise RaylmError(f"the data's seq_len ({manifest['seq_len']}) is larger than model.block_size "
-                         f"({model.block_size}); prepare with a smaller data.seq_len or raise model.block_size")
-    train = config.train
-    sequences = manifest["splits"]["train"]["sequences"]
-    if sequences < train.workers * train.batch_size:
-        raise RaylmError(f"the train split has {sequences} sequences, fewer than train.workers x train.batch_size "
-                         f"({train.workers} x {train.batch_size}): lower them or prepare more data")
+    check_fits(config.model_copy(update={"model": model}), manifest["seq_len"], manifest["splits"]["train"]["sequences"],
+               f"the data's seq_len ({manifest['seq_len']})", "prepare with a smaller data.seq_len")
     # data.seq_len records the windows the model trains on (evaluate windows text files alike).
     return config.model_copy(update={"model": model, "data": config.data.model_copy(update={"seq_len": manifest["seq_len"]})})
+
+
+def check_fits(config: Config, seq_len: int, train_rows: int, what: str, fix: str) -> None:
+    """Windows no longer than the model's context, and enough of them for one step of every worker."""
+    if seq_len > config.model.block_size:
+        raise RaylmError(f"{what} is larger than model.block_size ({config.model.block_size}); {fix} or raise model.block_size")
+    train = config.train
+    if train_rows < train.workers * train.batch_size:
+        raise RaylmError(f"the training data has {train_rows} sequences, fewer than train.workers x train.batch_size "
+                         f"({train.workers} x {train.batch_size}): lower them or give more data")
 
 
 def run_folder(config: Config) -> str:
     return storage.join(storage.absolute(config.train.storage), config.train.name)
 
 
-def pretrain(config: Config, address: str | None = None, num_cpus: int | None = None, log=print) -> ray.train.Result:
-    train = config.train
-    data = storage.absolute(train.data)
+def plan_pretrain(config: Config) -> TrainingJob:
+    data = storage.absolute(config.train.data)
     manifest = read_manifest(data)
     config = resolve(config, manifest)
-    run_dir = run_folder(config)
-    storage.check_writable(run_dir)
-    runtime.init_ray(address, num_cpus)
+    job = TrainingJob(config, run_folder(config), storage.read_bytes(storage.join(data, "tokenizer.json")).decode(),
+                      manifest["seq_len"], data=data, manifest=manifest)
+    storage.check_writable(job.run_dir)
+    return job
 
+
+def pretrain(config: Config, address: str | None = None, num_cpus: int | None = None, log=print) -> ray.train.Result:
+    job = plan_pretrain(config)
+    runtime.init_ray(address, num_cpus)
+    return run(job, log)
+
+
+def run(job: TrainingJob, log=print, callbacks: tuple = ()) -> ray.train.Result:
+    result = build_trainer(job, log, callbacks).fit()
+    log(f"{job.command}: finished; checkpoint {result.checkpoint.path if result.checkpoint else None}")
+    return result
+
+
+def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTrainer:
+    """The run's TorchTrainer; writes the run's config and tokenizer and says whether it resumes."""
+    config, train, run_dir = job.config, job.config.train, job.run_dir
     from raylm.model.gpt import GPT  # the driver builds it once on the meta device, for the summary
     import torch
 
     with torch.device("meta"):
         model = GPT(config.model)
-    log(f"pretrain: {config.model.preset} model, {model.num_params() / 1e6:.2f}M parameters, "
-        f"{model.flops_per_token(manifest['seq_len']) / 1e6:.1f} MFLOPs per token; run folder {run_dir}")
+    log(f"{job.command}: {config.model.preset} model, {model.num_params() / 1e6:.2f}M parameters, "
+        f"{model.flops_per_token(job.seq_len) / 1e6:.1f} MFLOPs per token; run folder {run_dir}")
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
-    storage.write_bytes(storage.join(run_dir, "tokenizer.json"), storage.read_bytes(storage.join(data, "tokenizer.json")))
+    storage.write_bytes(storage.join(run_dir, "tokenizer.json"), job.tokenizer_json.encode())
 
     resume = latest_complete(run_dir)
     if resume:
@@ -84,34 +124,24 @@ def pretrain(config: Config, address: str | None = None, num_cpus: int | None = 
         note = "" if saved["world_size"] == train.workers else (
             f"; it was saved by {saved['world_size']} workers and this run has {train.workers}, so the data order "
             "from here on is not the one an uninterrupted run would have seen")
-        log(f"pretrain: resuming from step {saved['step']} ({resume}){note}")
+        log(f"{job.command}: resuming from step {saved['step']} ({resume}){note}")
 
-    splits = manifest["splits"]
-    shards = [storage.join(data, shard) for shard in splits["train"]["shards"]]
-    random.Random(train.seed).shuffle(shards)  # file-level shuffle, the same on every run
-    train_data = _read_in_order(shards, data)
-    token_bytes = 2 if manifest["dtype"] == "uint16" else 4
-    if splits["train"]["sequences"] * (manifest["seq_len"] + 1) * token_bytes < CACHE_BYTES:
-        train_data = train_data.materialize()  # epochs then start without re-reading the shards
-    datasets = {"train": train_data}
-    has_val = splits["val"]["sequences"] >= train.workers
-    if has_val:
-        # Held-out data is small and read at every evaluation: read it once, into the object store.
-        val_shards = [storage.join(data, s) for s in splits["val"]["shards"]]
-        datasets["val"] = _read_in_order(val_shards, data).materialize()
+    datasets, val_tokens_per_byte = _datasets(job)
     storage_fs, storage_path = storage.filesystem(storage.absolute(train.storage))
     reserved = worker_cpus(config, runtime.cluster_cpus())
     if reserved < train.cpus_per_worker:
-        log(f"pretrain: each worker reserves {reserved:g} CPU (not {train.cpus_per_worker:g}) so Ray Data can read "
+        log(f"{job.command}: each worker reserves {reserved:g} CPU (not {train.cpus_per_worker:g}) so Ray Data can read "
             f"on this {runtime.cluster_cpus():g}-CPU cluster; it still runs {max(1, int(train.cpus_per_worker))} torch thread(s)")
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "run_dir": run_dir,
-            "seq_len": manifest["seq_len"],
-            "has_val": has_val,
-            "val_tokens_per_byte": splits["val"]["tokens"] / max(1, splits["val"]["bytes"]),
+            "seq_len": job.seq_len,
+            "has_val": "val" in datasets,
+            "val_tokens_per_byte": val_tokens_per_byte,
+            "init_checkpoint": job.init_checkpoint,
+            "eval_at_start": job.eval_at_start,
         },
         scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": reserved}),
@@ -121,14 +151,38 @@ def pretrain(config: Config, address: str | None = None, num_cpus: int | None = 
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=train.max_failures),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         # Ordered reads, no locality reshuffling: every run sees the same batches in the same order.
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
     )
-    result = trainer.fit()
-    log(f"pretrain: finished; checkpoint {result.checkpoint.path if result.checkpoint else None}")
-    return result
+
+
+def _datasets(job: TrainingJob) -> tuple[dict[str, ray.data.Dataset], float]:
+    """The train and (when every worker gets a row) val datasets, and the val split's tokens per
+    byte for bits per byte. Small data is read once into the object store."""
+    workers = job.config.train.workers
+    if job.instructions is not None:
+        rows = job.instructions
+        datasets = {"train": _in_order(ray.data.from_arrow(rows.train)).materialize()}
+        if rows.val.num_rows >= workers:
+            datasets["val"] = _in_order(ray.data.from_arrow(rows.val)).materialize()
+        return datasets, rows.val_tokens / max(1, rows.val_bytes)
+
+    splits, manifest = job.manifest["splits"], job.manifest
+    shards = [storage.join(job.data, shard) for shard in splits["train"]["shards"]]
+    random.Random(job.config.train.seed).shuffle(shards)  # file-level shuffle, the same on every run
+    train_data = _read_in_order(shards, job.data)
+    token_bytes = 2 if manifest["dtype"] == "uint16" else 4
+    if splits["train"]["sequences"] * (manifest["seq_len"] + 1) * token_bytes < CACHE_BYTES:
+        train_data = train_data.materialize()  # epochs then start without re-reading the shards
+    datasets = {"train": train_data}
+    if splits["val"]["sequences"] >= workers:
+        # Held-out data is small and read at every evaluation: read it once, into the object store.
+        val_shards = [storage.join(job.data, s) for s in splits["val"]["shards"]]
+        datasets["val"] = _read_in_order(val_shards, job.data).materialize()
+    return datasets, splits["val"]["tokens"] / max(1, splits["val"]["bytes"])
 
 
 def worker_cpus(config: Config, cluster_cpus: float) -> float:
@@ -141,10 +195,13 @@ def worker_cpus(config: Config, cluster_cpus: float) -> float:
 
 
 def _read_in_order(shards: list[str], data: str) -> ray.data.Dataset:
-    """The shards' windows in the order given, also when materialized in the driver (which runs
-    with the dataset's own context, not the trainer's DataConfig). No Ray Data progress bars: the
-    run's step line is its progress, and per-epoch split bars only fill the log."""
-    dataset = ray.data.read_parquet(shards, **_filesystem(data))
+    return _in_order(ray.data.read_parquet(shards, **_filesystem(data)))
+
+
+def _in_order(dataset: ray.data.Dataset) -> ray.data.Dataset:
+    """The rows in the order given, also when materialized in the driver (which runs with the
+    dataset's own context, not the trainer's DataConfig). No Ray Data progress bars: the run's step
+    line is its progress, and per-epoch split bars only fill the log."""
     dataset.context.execution_options.preserve_order = True
     dataset.context.enable_progress_bars = False
     return dataset
