@@ -25,6 +25,17 @@ def shared_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Models this small run as fast on one thread, and do not stall when other work shares the CPUs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray

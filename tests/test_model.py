@@ -10,16 +10,9 @@ import torch
 from raylm.config import ModelConfig
 from raylm.model.gpt import GPT, Block, apply_rope, rope_tables
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 VOCAB = 512
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small run as fast on one thread, and do not stall when other work shares the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def build(seed: int = 0, **fields) -> GPT:

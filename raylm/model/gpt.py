@@ -3,7 +3,9 @@
 Pre-norm blocks with RMSNorm, fused-qkv causal attention through scaled_dot_product_attention,
 RoPE or a learned position table, SwiGLU or GELU feed-forward, no biases, and an lm_head tied to a
 token embedding padded to a multiple of 64. `blocks` is a ModuleList of `Block`s so that training
-code can wrap each one with FSDP2 `fully_shard` and activation checkpointing.
+code can wrap each one with FSDP2 `fully_shard` and activation checkpointing. For generation, a
+`KVCache` keeps the keys and values of the tokens already seen, so each new token costs one
+position's forward pass instead of the whole context's.
 """
 
 from __future__ import annotations
@@ -47,22 +49,50 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
 
 
+class KVCache:
+    """Every layer's keys and values for the first `length` positions of a batch of sequences,
+    preallocated for block_size positions so that appending a token copies one position, not all."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.length = 0  # advanced by GPT.forward once every layer has stored its positions
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store `layer`'s keys and values of the new positions (k, v: [B, H, T, head_dim]) after the
+        cached ones; return all of that layer's keys and values so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer  # its slot in a KVCache
         self.n_head = config.n_head
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3).unbind(2)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        mask = None
+        if cache is not None:
+            if cache.length and T > 1:  # new token t sees every cached position and the new ones up to t
+                mask = torch.ones(T, cache.length + T, dtype=torch.bool, device=x.device).tril(cache.length)
+            k, v = cache.update(self.layer, k, v)
+        # Plain causal when no keys come from the cache; a lone new token after them sees them all.
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
         )
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
@@ -88,15 +118,17 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """One pre-norm transformer layer: the unit that FSDP2 shards and activation checkpointing recomputes."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.attn_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -114,7 +146,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(self.padded_vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.norm = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, self.padded_vocab_size, bias=False)  # tied in init_weights
         if config.positions == "rope":
@@ -144,20 +176,35 @@ class GPT(nn.Module):
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
+    def new_cache(self, batch_size: int) -> KVCache:
+        """An empty KVCache on the device and in the dtype of the weights, which are those of the
+        keys and values outside autocast."""
+        return KVCache(self.config, batch_size, self.wte.weight.device, self.wte.weight.dtype)
+
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab_size] and, given targets, the mean cross-entropy over all positions."""
+        """Logits [B, T, vocab_size] and, given targets, the mean cross-entropy over all positions.
+
+        With a cache, idx continues the cached sequences: its tokens take the positions after
+        cache.length, attend to the cached ones too, and are added to the cache.
+        """
         T = idx.shape[1]
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than block_size {self.config.block_size}")
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)
-        cos, sin = (self.rope_cos[:T], self.rope_sin[:T]) if self.config.positions == "rope" else (None, None)
+        if self.config.positions == "rope":
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        else:
+            cos, sin = None, None
         for block in self.blocks:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.length += T
         logits = self.lm_head(self.norm(x))[..., : self.vocab_size]
         if targets is None:
             return logits, None
