@@ -1,0 +1,121 @@
+"""`raylm evaluate` on a run folder trained in-process (tests/run_kit.py): bits per byte and the
+unigram baseline against hand computations, Ray scoring against in-process scoring, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from tokenizers import Tokenizer
+
+from raylm.data.tokenizer import EOS
+from raylm.eval.evaluate import evaluate, load_model
+from run_kit import SEQ_LEN, make_run
+
+ANIMALS, THINGS, COLOURS = ["cat", "dog", "owl", "fox", "hen"], ["mat", "log", "rug", "box"], ["red", "blue", "green"]
+CORPUS = "\n".join(f"The {ANIMALS[i % 5]} number {i} sat on the {THINGS[i % 4]}, and it was {COLOURS[i % 3]}."
+                   for i in range(60))
+HELDOUT = "The naïve owl sat on the café mat — blue."  # multi-byte UTF-8 characters
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return make_run(tmp_path_factory.mktemp("evaluate") / "run", CORPUS, steps=5)
+
+
+def test_bits_per_byte_and_baseline_match_a_hand_computation(run, tmp_path):
+    text_file = tmp_path / "heldout.txt"
+    text_file.write_text(HELDOUT)
+    report = evaluate(str(run), [str(text_file)])
+
+    tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
+    ids = [*tokenizer.encode(HELDOUT, add_special_tokens=False).ids, tokenizer.token_to_id(EOS)]
+    assert len(ids) <= SEQ_LEN + 1, "the hand computation assumes one window"
+    model = load_model(str(run))[0]
+    with torch.no_grad():
+        logits, _ = model(torch.tensor([ids[:-1]]))
+    log_probs = torch.log_softmax(logits[0].double(), dim=-1)
+    nats = -sum(log_probs[position, token].item() for position, token in enumerate(ids[1:]))
+    nbytes = len(HELDOUT.encode("utf-8"))
+    assert nbytes > len(HELDOUT)
+    predicted = len(ids) - 1
+    assert report["tokens"] == predicted and report["bytes"] == nbytes and report["workers"] == 0
+    assert report["bits_per_byte"] == pytest.approx(nats / math.log(2) / nbytes, rel=1e-5)
+
+    entropy = -sum(c / predicted * math.log(c / predicted) for c in Counter(ids[1:]).values())
+    assert report["baseline"] == pytest.approx({"loss": entropy, "perplexity": math.exp(entropy),
+                                                "bits_per_byte": entropy / math.log(2) * predicted / nbytes})
+
+
+def write_prepared(folder: Path, run: Path, text: str, shards: int) -> None:
+    """A prepared folder as `raylm prepare` lays it out, built by hand (no Ray, so fast): `text`
+    packed into windows of SEQ_LEN + 1 tokens, all in the test split, over `shards` Parquet files."""
+    tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
+    ids = np.array([*tokenizer.encode(text, add_special_tokens=False).ids, tokenizer.token_to_id(EOS)], dtype=np.uint16)
+    windows = ids[: len(ids) // (SEQ_LEN + 1) * (SEQ_LEN + 1)].reshape(-1, SEQ_LEN + 1)
+    (folder / "test").mkdir(parents=True)
+    names = [f"test/part-{i}.parquet" for i in range(shards)]
+    for name, part in zip(names, np.array_split(windows, shards)):
+        pq.write_table(pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), SEQ_LEN + 1)}),
+                       folder / name)
+    empty = {"documents": 0, "bytes": 0, "tokens": 0, "sequences": 0, "shards": []}
+    test = {"documents": 1, "bytes": len(text.encode()), "tokens": len(ids), "sequences": len(windows), "shards": names}
+    (folder / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN, "splits": {"train": empty, "val": empty, "test": test}}))
+
+
+@pytest.mark.timeout(120)
+def test_scoring_on_ray_matches_scoring_in_process_on_a_prepared_split(run, ray_session, tmp_path):
+    write_prepared(tmp_path / "prepared", run, CORPUS.replace("sat on", "slept under"), shards=2)
+    local = evaluate(str(run), [str(tmp_path / "prepared")])
+    on_ray = evaluate(str(run), [str(tmp_path / "prepared")], workers=2)
+    assert local["workers"] == 0 and on_ray["workers"] == 2 and "test split" in on_ray["data"]
+    assert on_ray["tokens"] == local["tokens"] > 0 and on_ray["bytes"] == local["bytes"]
+    assert on_ray["loss"] == pytest.approx(local["loss"], rel=1e-6)
+    assert on_ray["baseline"] == pytest.approx(local["baseline"], rel=1e-9)
+
+
+@pytest.mark.timeout(120)
+def test_large_text_goes_to_ray_by_itself_and_scores_the_same(run, ray_session, tmp_path, monkeypatch):
+    text_file = tmp_path / "heldout.txt"
+    text_file.write_text(CORPUS)
+    local = evaluate(str(run), [str(text_file)])
+    monkeypatch.setattr("raylm.eval.evaluate.RAY_WINDOWS", 2)
+    on_ray = evaluate(str(run), [str(text_file)])
+    assert local["workers"] == 0 and on_ray["workers"] == ray.cluster_resources()["CPU"]  # one per CPU
+    assert on_ray["tokens"] == local["tokens"] and on_ray["loss"] == pytest.approx(local["loss"], rel=1e-6)
+    assert on_ray["baseline"] == pytest.approx(local["baseline"], rel=1e-9)
+
+
+def raylm_evaluate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raylm", "evaluate", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_a_table_with_the_baseline_or_json(run, tmp_path):
+    text_file = tmp_path / "heldout.txt"
+    text_file.write_text(HELDOUT)
+    table = raylm_evaluate("--checkpoint", str(run), str(text_file))
+    assert table.returncode == 0, table.stderr[-2000:]
+    lines = table.stdout.splitlines()
+    assert lines[-2].startswith("model ") and lines[-1].startswith("unigram baseline (no training) ")
+    assert "bits/byte" in lines[-3] and "scored by this process" in lines[1]
+
+    report = json.loads(raylm_evaluate("--checkpoint", str(run), "--json", str(text_file)).stdout)
+    assert set(report["baseline"]) == {"loss", "perplexity", "bits_per_byte"}
+    assert f"{report['baseline']['bits_per_byte']:.4f}" == lines[-1].split()[-1]
+
+
+def test_cli_refuses_a_folder_that_is_not_a_run(tmp_path):
+    out = raylm_evaluate("--checkpoint", str(tmp_path))
+    errors = out.stderr.splitlines()
+    assert out.returncode == 2 and out.stdout == ""
+    assert len(errors) == 1 and errors[0].startswith("raylm: error: ") and str(tmp_path) in errors[0]
