@@ -19,10 +19,10 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 demo: setup
-	$(BIN)/raylm prepare
+	$(BIN)/raylm demo
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) prepared
+	rm -rf $(VENV) demo

@@ -87,3 +87,12 @@ def test_killed_run_leaves_no_dataset_and_the_job_entrypoint_reruns_it(tmp_path)
     assert manifest["documents"]["read"] == manifest["documents"]["kept"] == 200
     assert not list(tmp_path.glob(".out.*"))
     assert "prepare: wrote" in result.stdout
+
+
+@pytest.mark.parametrize("stage", ["prepare", "pretrain", "finetune", "tune", "evaluate"])
+def test_every_stage_has_a_job_entrypoint_for_ray_job_submit(stage):
+    """`ray job submit --working-dir . -- python jobs/<stage>.py ...` runs `raylm <stage>` (the README's forms)."""
+    job = ROOT / "jobs" / f"{stage}.py"
+    out = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith(f"usage: raylm {stage}")
+    assert f"python jobs/{stage}.py" in (ROOT / "README.md").read_text()

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import load_manifest, read_split, shared_file
+from conftest import read_split, shared_file
 from corpus_kit import bad_input_corpus, write_jsonl
 from raylm.config import load_config
 from raylm.data.clean import clean_texts

@@ -15,10 +15,16 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_file
+from raylm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 COMMANDS = [line for block in re.findall(r"```sh\n(.*?)```", README, re.S) for line in block.splitlines() if "raylm " in line]
+
+
+def readme_yaml(first_line: str) -> str:
+    """The README's YAML block that starts with `first_line`."""
+    return next(b for b in re.findall(r"```yaml\n(.*?)```", README, re.S) if b.startswith(first_line))
 
 
 def articles() -> list[str]:
@@ -36,7 +42,7 @@ def user_folder(tmp_path) -> Path:
     lines = "".join(json.dumps({"text": t}) + "\n" for t in texts[12:22])
     (tmp_path / "articles.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
     (tmp_path / "heldout.txt").write_text(texts[22])
-    (tmp_path / "my-data.yaml").write_text(re.search(r"```yaml\n(.*?)```", README, re.S).group(1))
+    (tmp_path / "my-data.yaml").write_text(readme_yaml("data:"))
     return tmp_path
 
 
@@ -54,7 +60,7 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 5
+    assert len(COMMANDS) == 9
     assert "make demo\nmake test" in README
 
 
@@ -86,17 +92,48 @@ def test_s3_command(user_folder, s3_server):
     assert manifest["files"]["read"] == 4 and manifest["documents"]["kept"] > 0
 
 
-@pytest.mark.timeout(400)
-def test_pretrain_and_evaluate_commands(tmp_path, ray_session):
-    """On a small `prepared` folder in the working directory, as after `raylm prepare`."""
+def run_in_process(line: str, cwd: Path, monkeypatch, capsys) -> str:
+    """A README command through raylm's CLI in this process, on the session's Ray (a Ray start per
+    command saved); returns what it printed."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    assert main(shlex.split(line)[1:]) == 0, line
+    return capsys.readouterr().out
+
+
+@pytest.mark.timeout(600)
+def test_commands_after_prepare(tmp_path, ray_session, monkeypatch, capsys):
+    """pretrain, evaluate, generate, finetune and report, in a folder holding a small `prepared`
+    dataset (as after `raylm prepare`) and the `qa.jsonl` instruction pairs the finetune line names.
+    (`raylm tune --config sweep.yaml` runs in tests/test_tune.py.)"""
     from raylm.config import load_config
     from raylm.data.prepare import prepare
 
-    prepare(load_config(None, [f"data.sources=[{shared_file('tinyshakespeare.txt')}]", r"data.document_separator='\n\n'",
+    play = shared_file("tinyshakespeare.txt")
+    prepare(load_config(None, [f"data.sources=[{play}]", r"data.document_separator='\n\n'",
                                "data.filters.profile=none", "data.dedup.exact=false", "data.dedup.near=false", "data.tokenizer.vocab_size=300",
                                "data.seq_len=64", f"data.output={tmp_path / 'prepared'}"]), log=lambda _: None)
-    run_readme_command(next(c for c in COMMANDS if c.startswith("raylm pretrain")), tmp_path, {})
+    lines = [line for line in play.read_text().splitlines() if line.strip()][:400]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"prompt": a + "\n", "response": b}) + "\n" for a, b in zip(lines, lines[1:])))
+
+    def run(start: str) -> str:
+        return run_in_process(next(c for c in COMMANDS if c.startswith(start)), tmp_path, monkeypatch, capsys)
+
+    run("raylm pretrain")
     steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 200
-    report = json.loads(run_readme_command(next(c for c in COMMANDS if c.startswith("raylm evaluate")), tmp_path, {}).stdout)
+    report = json.loads(next(line for line in run("raylm evaluate").splitlines() if line.startswith("{")))
     assert report["checkpoint"].endswith("checkpoint-0000200") and report["bits_per_byte"] > 0
+    assert report["bits_per_byte"] < report["baseline"]["bits_per_byte"]  # it learned more than token frequencies
+
+    printed = run("raylm generate")
+    assert len(printed[printed.index("ROMEO:"):].strip()) > len("ROMEO:") + 20  # the prompt, then its continuation
+
+    run("raylm finetune")
+    before_after = json.loads((tmp_path / "runs" / "finetune" / "finetune.json").read_text())
+    assert before_after["after"]["loss"] < before_after["before"]["loss"]
+    assert (tmp_path / "runs" / "finetune" / "merged" / "config.yaml").exists()
+
+    run("raylm report")
+    html = (tmp_path / "runs" / "finetune" / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "before" in html
