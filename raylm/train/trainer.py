@@ -1,8 +1,9 @@
 """`raylm pretrain` (and the training half of `finetune` and `tune`): the driver side — check the
 inputs, then run a Ray Train `TorchTrainer`.
 
-The driver reads the prepared dataset's manifest (never its shards), writes the run's resolved
-config and tokenizer next to its checkpoints, and hands each worker a streaming shard of the data.
+The driver reads the prepared dataset's manifest (and its shards only when they are small), writes
+the run's resolved config and tokenizer next to its checkpoints, and hands each worker a shard of
+the data, streamed from the files when it is large.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import random
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import ray.data
 import ray.train
@@ -27,7 +30,8 @@ from raylm.train.loop import train_loop_per_worker
 
 MANIFEST = "manifest.json"
 DATA_CPUS = 1.0  # left to Ray Data: its file-listing and read tasks each need a whole CPU
-CACHE_BYTES = 512 << 20  # a train split this small is read once and kept in the object store
+CACHE_BYTES = 512 << 20  # a split this small is read once and kept in the object store
+DRIVER_READ_BYTES = 64 << 20  # ... and one this small is read by the driver, not by a Ray Data job
 
 
 def read_manifest(data: str) -> dict:
@@ -165,24 +169,36 @@ def _datasets(job: TrainingJob) -> tuple[dict[str, ray.data.Dataset], float]:
     workers = job.config.train.workers
     if job.instructions is not None:
         rows = job.instructions
-        datasets = {"train": _in_order(ray.data.from_arrow(rows.train)).materialize()}
+        datasets = {"train": _in_order(ray.data.from_arrow(rows.train))}
         if rows.val.num_rows >= workers:
-            datasets["val"] = _in_order(ray.data.from_arrow(rows.val)).materialize()
+            datasets["val"] = _in_order(ray.data.from_arrow(rows.val))
         return datasets, rows.val_tokens / max(1, rows.val_bytes)
 
     splits, manifest = job.manifest["splits"], job.manifest
     shards = [storage.join(job.data, shard) for shard in splits["train"]["shards"]]
     random.Random(job.config.train.seed).shuffle(shards)  # file-level shuffle, the same on every run
-    train_data = _read_in_order(shards, job.data)
-    token_bytes = 2 if manifest["dtype"] == "uint16" else 4
-    if splits["train"]["sequences"] * (manifest["seq_len"] + 1) * token_bytes < CACHE_BYTES:
-        train_data = train_data.materialize()  # epochs then start without re-reading the shards
-    datasets = {"train": train_data}
-    if splits["val"]["sequences"] >= workers:
-        # Held-out data is small and read at every evaluation: read it once, into the object store.
+    datasets = {"train": _split(shards, job.data, _split_bytes(manifest, "train"))}
+    if splits["val"]["sequences"] >= workers:  # small, and read at every evaluation: read once
         val_shards = [storage.join(job.data, s) for s in splits["val"]["shards"]]
-        datasets["val"] = _read_in_order(val_shards, job.data).materialize()
+        datasets["val"] = _split(val_shards, job.data, _split_bytes(manifest, "val"))
     return datasets, splits["val"]["tokens"] / max(1, splits["val"]["bytes"])
+
+
+def _split_bytes(manifest: dict, split: str) -> int:
+    token_bytes = 2 if manifest["dtype"] == "uint16" else 4
+    return manifest["splits"][split]["sequences"] * (manifest["seq_len"] + 1) * token_bytes
+
+
+def _split(shards: list[str], data: str, nbytes: int) -> ray.data.Dataset:
+    """A split's windows in shard order: streamed from the shards when large; read once into the
+    object store when small, so epochs start without re-reading them — by the driver itself below
+    DRIVER_READ_BYTES, where a Ray Data job would cost more (seconds) than the read."""
+    if nbytes < DRIVER_READ_BYTES:
+        fs = storage.filesystem(data)[0]
+        table = pa.concat_tables(pq.read_table(storage.filesystem(shard)[1], filesystem=fs) for shard in shards)
+        return _in_order(ray.data.from_arrow(table))
+    dataset = _in_order(ray.data.read_parquet(shards, **_filesystem(data)))
+    return dataset.materialize() if nbytes < CACHE_BYTES else dataset
 
 
 def worker_cpus(config: Config, cluster_cpus: float) -> float:
@@ -192,10 +208,6 @@ def worker_cpus(config: Config, cluster_cpus: float) -> float:
     if train.use_gpu:
         return train.cpus_per_worker
     return max(0.1, min(train.cpus_per_worker, (cluster_cpus - DATA_CPUS) / train.workers))
-
-
-def _read_in_order(shards: list[str], data: str) -> ray.data.Dataset:
-    return _in_order(ray.data.read_parquet(shards, **_filesystem(data)))
 
 
 def _in_order(dataset: ray.data.Dataset) -> ray.data.Dataset:
