@@ -66,6 +66,7 @@ def test_the_readme_shows_the_commands_this_file_runs():
 
 @pytest.mark.timeout(300)
 def test_local_sources_command(user_folder):
+    """Through the `raylm` console script, as a user types it (the commands below run in process)."""
     assert "prepare: wrote" in run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {}).stdout
     manifest = json.loads((user_folder / "prepared" / "books" / "manifest.json").read_text())
     assert manifest["files"]["read"] == 6 and manifest["documents"]["kept_per_split"]["val"] >= 1
@@ -73,8 +74,8 @@ def test_local_sources_command(user_folder):
 
 
 @pytest.mark.timeout(300)
-def test_config_file_command(user_folder):
-    run_readme_command(next(c for c in COMMANDS if "--config my-data.yaml" in c), user_folder, {})
+def test_config_file_command(user_folder, ray_session, monkeypatch, capsys):
+    run_in_process(next(c for c in COMMANDS if "--config my-data.yaml" in c), user_folder, monkeypatch, capsys)
     manifest = json.loads((user_folder / "prepared" / "books" / "manifest.json").read_text())
     assert manifest["seq_len"] == 1024 and manifest["config"]["data"]["dedup"]["threshold"] == 0.85
     assert manifest["documents"]["read"] == 4 * 3 + 1  # chapters split on the separator + held-out file
