@@ -359,6 +359,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise _explain(err, where, overridden) from None
 
 
+def run_config(run_dir: str) -> Config:
+    """The resolved config a run saved in <run>/config.yaml (local or s3://)."""
+    from raylm import storage
+
+    return Config.model_validate(yaml.safe_load(storage.read_bytes(storage.join(run_dir, "config.yaml"))))
+
+
 def dump_config(config: Config) -> str:
     """The resolved config as YAML: what is saved next to every output."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

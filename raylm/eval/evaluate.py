@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray.data
 import torch
-import yaml
 from tokenizers import Tokenizer
 
 from raylm import runtime, storage
-from raylm.config import Config
+from raylm.config import Config, run_config
 from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
 from raylm.finetune.lora import apply_lora, merge_lora
@@ -43,7 +42,7 @@ def load_model(run_dir: str) -> tuple[GPT, Tokenizer, Config, str]:
     checkpoint = latest_complete(run_dir)
     if checkpoint is None:
         raise RaylmError(f"no checkpoint in {run_dir}: is it a run folder (<train.storage>/<train.name>)?")
-    config = Config.model_validate(yaml.safe_load(storage.read_bytes(storage.join(run_dir, "config.yaml"))))
+    config = run_config(run_dir)
     tokenizer = Tokenizer.from_str(storage.read_bytes(storage.join(run_dir, "tokenizer.json")).decode())
     model = GPT(config.model)
     if config.finetune.method == "lora":  # its checkpoints hold the frozen weights and the adapters

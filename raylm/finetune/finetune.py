@@ -14,10 +14,9 @@ import math
 import tempfile
 
 import ray.train
-import yaml
 
 from raylm import runtime, storage
-from raylm.config import Config, dump_config
+from raylm.config import Config, dump_config, run_config
 from raylm.data.tokenizer import fingerprint
 from raylm.errors import RaylmError
 from raylm.finetune.instructions import load_instructions
@@ -38,7 +37,7 @@ def plan_finetune(config: Config) -> TrainingJob:
     init_checkpoint = latest_complete(init_dir)
     if init_checkpoint is None:
         raise RaylmError(f"finetune.init: no checkpoint in {settings.init}; is it a run folder (<train.storage>/<train.name>)?")
-    init_config = Config.model_validate(yaml.safe_load(storage.read_bytes(storage.join(init_dir, "config.yaml"))))
+    init_config = run_config(init_dir)
     tokenizer_json = storage.read_bytes(storage.join(init_dir, "tokenizer.json")).decode()
     if "name" not in config.train.model_fields_set:
         config = config.model_copy(update={"train": config.train.model_copy(update={"name": "finetune"})})

@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import yaml
 
 from raylm import storage
-from raylm.config import Config
+from raylm.config import Config, run_config
 from raylm.errors import RaylmError
 from raylm.report import plots
 
@@ -99,7 +98,7 @@ def read_metrics(run_dir: str) -> list[dict]:
 
 def read_run(run_dir: str) -> Run:
     records = read_metrics(run_dir)
-    config = Config.model_validate(yaml.safe_load(storage.read_bytes(storage.join(run_dir, "config.yaml"))))
+    config = run_config(run_dir)
     finetune_path = storage.join(run_dir, "finetune.json")
     finetune = json.loads(storage.read_bytes(finetune_path)) if storage.exists(finetune_path) else None
     return Run(run_dir, config, records, finetune)
