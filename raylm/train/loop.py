@@ -133,10 +133,10 @@ def train_loop_per_worker(payload: dict) -> None:
             log.write(before)
             say(f"eval before training | val loss {before['val_loss']:.4f} | ppl {before['val_ppl']:.2f} | bpb {before['val_bpb']:.4f}")
     clock_started, seconds_before = time.perf_counter(), state["train_seconds"]
+    interval_started, interval_step = clock_started, state["step"]
 
     finished = state["step"] >= total_steps
     while not finished:
-        step_started = time.perf_counter()
         lr = learning_rate(state["step"], total_steps, train)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -156,12 +156,12 @@ def train_loop_per_worker(payload: dict) -> None:
             _inject_fault_once(run_dir)
 
         step = state["step"]
-        step_seconds = time.perf_counter() - step_started
         state["train_seconds"] = seconds_before + time.perf_counter() - clock_started
         finished = (step >= total_steps or (train.max_tokens is not None and state["tokens"] >= train.max_tokens)
                     or _out_of_time(train, state["train_seconds"], device))
         metrics = {}
         if step % train.log_every == 0 or finished:
+            step_seconds = _mean_step_seconds(interval_started, step - interval_step, device)
             metrics = _step_metrics(state, loss_sum / accumulate, grad_norm, lr, tokens_per_step, step_seconds,
                                     flops_per_token, peak, world)
         if val_shard is not None and (step % train.eval_every == 0 or finished):
@@ -181,8 +181,18 @@ def train_loop_per_worker(payload: dict) -> None:
                                  checkpoint_dir_name=checkpoint_name(step))
         elif "val_loss" in metrics:
             ray.train.report({"step": step, **metrics})
+        if metrics or step % train.checkpoint_every == 0:
+            interval_started, interval_step = time.perf_counter(), step
     if log:
         log.close()
+
+
+def _mean_step_seconds(started: float, steps: int, device) -> float:
+    """Mean step time since the last logged step. On a GPU the clock waits for the device first:
+    kernels run asynchronously, so one step's launch time says little about its cost."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / max(steps, 1)
 
 
 def _resume_point(run_dir: str) -> ray.train.Checkpoint | None:
