@@ -7,6 +7,8 @@ import os
 
 import ray
 
+_joined_cluster = False
+
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
     """Start or join Ray once per process; later calls (and an already-connected driver) no-op.
@@ -14,13 +16,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     `dashboard=False` suits data-only runs: the local instance starts faster and its agents take no
     CPU from the work. Ray Train needs it on (it frees finished runs' resources through it).
     """
+    global _joined_cluster
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
+        _joined_cluster = True
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)
+
+
+def joined_cluster() -> bool:
+    """Whether this process joined a running cluster (which may autoscale) rather than starting one."""
+    return _joined_cluster
 
 
 def cluster_cpus() -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,6 +29,19 @@ def shared_file(name: str) -> Path:
     return path
 
 
+def articles() -> list[str]:
+    """24 Wikipedia articles of over 3,000 characters from wikitext-2 (validation split)."""
+    text = shared_file("wikitext2-valid.txt").read_text()
+    return [a for a in re.split(r"\n(?= = [^=].* = \n)", text) if len(a) > 3000][:24]
+
+
+def start_session_ray() -> None:
+    import ray
+
+    # The dashboard stays on: Ray Train frees a finished run's workers through it.
+    ray.init(num_cpus=2, logging_level="warning")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Models this small run as fast on one thread, and do not stall when other work shares the CPUs."""
@@ -43,8 +57,7 @@ def one_thread():
 def ray_session():
     import ray
 
-    # The dashboard stays on: Ray Train frees a finished run's workers through it.
-    ray.init(num_cpus=2, logging_level="warning")
+    start_session_ray()
     yield
     ray.shutdown()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,39 +153,3 @@ def test_pretrain_refuses_mismatched_data_before_starting(prepared, tmp_path):
         train(prepared, tmp_path, "x", "train.batch_size=100000")
     with pytest.raises(RaylmError, match="smaller than the data's tokenizer"):
         train(prepared, tmp_path, "x", "model.vocab_size=100")
-
-
-@pytest.mark.timeout(600)
-def test_s3_data_and_run_storage_resume_and_evaluate(prepared, s3_server, tmp_path):
-    """Shards read from S3, checkpoints and metrics written there; a failed run, submitted again
-    through jobs/pretrain.py, resumes from its S3 checkpoint; evaluate reads the run from S3."""
-    env, client = s3_server
-    client.create_bucket(Bucket="lm-runs")
-    for path in prepared.rglob("*"):
-        if path.is_file():
-            client.put_object(Bucket="lm-runs", Key=f"data/{path.relative_to(prepared)}", Body=path.read_bytes())
-    args = ["--num-cpus", "2", "train.data=s3://lm-runs/data", "train.storage=s3://lm-runs/runs", "train.name=remote",
-            "train.fault_at_step=6", *STEPS, "train.max_steps=8"]
-    full_env = {**os.environ, **env}
-    first = subprocess.run([sys.executable, "-m", "raylm", "pretrain", *args], env=full_env, capture_output=True,
-                           text=True, timeout=300, cwd=tmp_path)
-    assert first.returncode != 0  # the fault, with no restarts allowed
-    # Submitted again, as a job entrypoint: the fault fired already, so this run resumes and finishes.
-    second = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "jobs" / "pretrain.py"), *args],
-                            env=full_env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from step 4" in second.stdout + second.stderr
-
-    def text(key: str) -> str:
-        return client.get_object(Bucket="lm-runs", Key=key)["Body"].read().decode()
-
-    steps = [json.loads(line)["step"] for line in text("runs/remote/metrics.jsonl").splitlines()]
-    assert steps == [*range(1, 6), *range(5, 9)]
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket="lm-runs", Prefix="runs/remote/")["Contents"]}
-    assert any(k.startswith("runs/remote/checkpoint-0000008/") for k in keys)
-    assert any(k.startswith("runs/remote/tensorboard/events.out.tfevents.") for k in keys)
-    out = subprocess.run([sys.executable, "-m", "raylm", "evaluate", "--checkpoint", "s3://lm-runs/runs/remote", "--json"],
-                         env=full_env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    report = json.loads(out.stdout)
-    assert report["checkpoint"].endswith("checkpoint-0000008") and report["bits_per_byte"] > 0

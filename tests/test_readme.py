@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_file
+from conftest import articles, shared_file
 from raylm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +25,6 @@ COMMANDS = [line for block in re.findall(r"```sh\n(.*?)```", README, re.S) for l
 def readme_yaml(first_line: str) -> str:
     """The README's YAML block that starts with `first_line`."""
     return next(b for b in re.findall(r"```yaml\n(.*?)```", README, re.S) if b.startswith(first_line))
-
-
-def articles() -> list[str]:
-    text = shared_file("wikitext2-valid.txt").read_text()
-    return [a for a in re.split(r"\n(?= = [^=].* = \n)", text) if len(a) > 3000][:24]
 
 
 @pytest.fixture

@@ -202,10 +202,12 @@ def _split(shards: list[str], data: str, nbytes: int) -> ray.data.Dataset:
 
 
 def worker_cpus(config: Config, cluster_cpus: float) -> float:
-    """CPUs each worker reserves: train.cpus_per_worker, or less on a CPU cluster too small to also
-    run the data tasks, which would otherwise wait forever behind the workers."""
+    """CPUs each worker reserves: train.cpus_per_worker, or less on a local CPU instance too small to
+    also run the data tasks, which would otherwise wait forever behind the workers. A joined cluster
+    gets the full request: its autoscaler adds nodes for it (shrinking it would pack the run onto
+    the nodes already up)."""
     train = config.train
-    if train.use_gpu:
+    if train.use_gpu or runtime.joined_cluster():
         return train.cpus_per_worker
     return max(0.1, min(train.cpus_per_worker, (cluster_cpus - DATA_CPUS) / train.workers))
 

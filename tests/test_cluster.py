@@ -1,0 +1,193 @@
+"""raylm on real Ray clusters started on this machine the way a user starts them:
+
+- two nodes (`ray start --head` on loopback with token auth, and `ray start --address` for a
+  worker): `ray job submit` runs prepare, pretrain across both nodes, a resubmitted pretrain that
+  resumes, and evaluate, with every path on s3:// (moto on loopback). A client without the
+  cluster's token is refused; the nodes' S3 secret appears in no output and no job log.
+- the local autoscaling rehearsal (cluster/local.yaml, started by the commands in its header): a
+  two-worker pretrain job makes the autoscaler launch worker nodes from zero, released once idle.
+
+`ray stop` ends every Ray process on the machine, so the session's embedded Ray is shut down
+before a cluster starts and started again after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import _free_port, articles, start_session_ray
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+
+
+@pytest.fixture
+def machine_for_a_cluster():
+    import ray
+
+    embedded = ray.is_initialized()
+    ray.shutdown()
+    yield
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    if embedded:
+        start_session_ray()
+
+
+def cluster_env(**extra: str) -> dict[str, str]:
+    """What a user's shell has: the venv's `ray` and `python` first on PATH, token mode on."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "RAY_AUTH_MODE": "token",
+            "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **extra}
+
+
+def ray_cli(*args: str, env: dict, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([RAY, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"ray {' '.join(args)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+SUBMIT = """
+import sys, time
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+client = JobSubmissionClient(sys.argv[1])
+job = client.submit_job(entrypoint=sys.argv[2], runtime_env={"working_dir": sys.argv[3]})
+while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
+    time.sleep(1)
+print(client.get_job_logs(job))
+sys.exit(status != JobStatus.SUCCEEDED)
+"""
+
+
+def submit(address: str, entrypoint: str, env: dict) -> str:
+    """A job through the SDK (JobSubmissionClient), in a client process of its own (Ray caches the
+    auth mode per process); its logs once it succeeded."""
+    result = subprocess.run([sys.executable, "-c", SUBMIT, address, entrypoint, str(ROOT)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{entrypoint}\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    return result.stdout
+
+
+@pytest.mark.timeout(900)
+def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cluster, s3_server, tmp_path):
+    s3_env, s3 = s3_server
+    # moto (no IAM here) takes any key pair: a distinctive secret, to look for in everything written.
+    secret = "raylm-test-secret-" + secrets.token_hex(8)
+    (tmp_path / "token").write_text(secrets.token_hex(32))
+    env = cluster_env(**{**s3_env, "AWS_SECRET_ACCESS_KEY": secret}, RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"))
+    s3.create_bucket(Bucket="lm-cluster")
+    for i, text in enumerate(articles()):
+        s3.put_object(Bucket="lm-cluster", Key=f"raw/article-{i:02d}.txt", Body=text.encode())
+
+    gcs, dashboard = _free_port(), _free_port()
+    ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats", env=env)
+    ray_cli("start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", env=env)
+    address = f"http://127.0.0.1:{dashboard}"
+
+    # prepare through the CLI, as the README shows it
+    out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--", "python", "jobs/prepare.py",
+                  "data.sources=[s3://lm-cluster/raw]", "data.output=s3://lm-cluster/prepared", "data.tokenizer.vocab_size=512",
+                  "data.seq_len=64", "data.dedup.near=false", "data.split.val=0.2", env=env)
+    assert "prepare: wrote s3://lm-cluster/prepared" in out.stdout + out.stderr
+    manifest = json.loads(s3.get_object(Bucket="lm-cluster", Key="prepared/manifest.json")["Body"].read())
+    assert manifest["documents"]["read"] == 24 and manifest["splits"]["val"]["sequences"] >= 2
+
+    # pretrain, resume and evaluate through the SDK
+    pretrain = ("python jobs/pretrain.py model.preset=tiny train.data=s3://lm-cluster/prepared train.storage=s3://lm-cluster/runs "
+                "train.workers=2 train.batch_size=8 train.log_every=2 train.eval_every=6 train.checkpoint_every=6")
+    logs = submit(address, f"{pretrain} train.max_steps=12", env)
+    assert "world_rank=1" in logs  # two workers, one CPU each: one on each node
+    logs = submit(address, f"{pretrain} train.max_steps=16", env)
+    assert "resuming from step 12" in logs
+    metrics = s3.get_object(Bucket="lm-cluster", Key="runs/pretrain/metrics.jsonl")["Body"].read().decode()
+    steps = [json.loads(line)["step"] for line in metrics.splitlines() if "loss" in line]
+    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="runs/")["Contents"]}
+    assert any(k.startswith("runs/pretrain/tensorboard/events.out.tfevents.") for k in keys)
+    logs = submit(address, "python jobs/evaluate.py --checkpoint s3://lm-cluster/runs/pretrain --json", env)
+    report = json.loads(next(line for line in logs.splitlines() if line.startswith("{")))
+    assert report["checkpoint"].endswith("checkpoint-0000016") and report["bits_per_byte"] > 0
+
+    # token auth: a request without the token, and a client with another one, are refused
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{address}/api/jobs/", timeout=30)
+    assert refused.value.code == 401
+    (tmp_path / "other").write_text(secrets.token_hex(32))
+    other = ray_cli("job", "list", f"--address={address}", env={**env, "RAY_AUTH_TOKEN_PATH": str(tmp_path / "other")},
+                    check=False)
+    assert other.returncode != 0 and "token is invalid" in other.stderr
+
+    # the secret reached no object and no job log
+    for item in s3.list_objects_v2(Bucket="lm-cluster")["Contents"]:
+        assert secret.encode() not in s3.get_object(Bucket="lm-cluster", Key=item["Key"])["Body"].read(), item["Key"]
+    assert secret not in logs + out.stdout + out.stderr
+
+
+def rehearsal_start_commands() -> list[str]:
+    """The shell commands under '# Start' in cluster/local.yaml's header (comments dropped,
+    continuation lines joined)."""
+    header = (ROOT / "cluster" / "local.yaml").read_text().split("\n# Use")[0].split("# Start")[1]
+    commands, pending = [], ""
+    for line in header.splitlines():
+        if line.startswith("#   "):
+            line = re.sub(r"\s+# .*", "", line[1:]).strip()
+            pending += line.removesuffix("\\").strip() + " "
+            if not line.endswith("\\"):
+                commands.append(pending.strip())
+                pending = ""
+    return commands
+
+
+def nodes(env: dict) -> list[dict]:
+    return json.loads(ray_cli("list", "nodes", "--format=json", "--address=127.0.0.1:6379", env=env).stdout)
+
+
+@pytest.mark.timeout(600)
+def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back(machine_for_a_cluster, tmp_path):
+    """A two-worker pretrain needs more CPUs than the head's one: the autoscaler adds worker nodes of
+    local.yaml's types, and takes them away once idle (idle_timeout_minutes: 0.5)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(articles()):
+        (corpus / f"article-{i:02d}.txt").write_text(text)
+    env = cluster_env(HOME=str(tmp_path / "home"))  # `ray get-auth-token --generate` writes ~/.ray/auth_token
+    data = tmp_path / "prepared"
+    subprocess.run([sys.executable, "-m", "raylm", "prepare", "--num-cpus=1", f"data.sources=[{corpus}]",
+                    f"data.output={data}", "data.tokenizer.vocab_size=512", "data.seq_len=64", "data.dedup.near=false"],
+                   env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+
+    commands = rehearsal_start_commands()
+    assert len(commands) == 2 and "--autoscaling-config=$PWD/cluster/local.yaml" in commands[1]
+    for command in commands:
+        subprocess.run(["bash", "-c", command], env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    before = nodes(env)
+    assert [n["is_head_node"] for n in before if n["state"] == "ALIVE"] == [True]
+
+    # No --working-dir: fake nodes share this machine's runtime-env folder, where one node's agent
+    # removes a working dir another node's workers are using (seen here); raylm is installed anyway.
+    out = ray_cli("job", "submit", "--address=http://127.0.0.1:8265", "--", "python", str(ROOT / "jobs" / "pretrain.py"),
+                  "model.preset=tiny", f"train.data={data}", f"train.storage={tmp_path / 'runs'}", "train.workers=2",
+                  "train.batch_size=8", "train.max_steps=10", env=env)
+    assert "Adding 1 node(s) of type cpu-worker" in out.stdout + out.stderr
+    launched = [n for n in nodes(env) if not n["is_head_node"]]
+    assert launched and {n["labels"]["raylm/role"] for n in launched} <= {"data", "gpu"}
+
+    deadline = time.monotonic() + 180
+    while any(n["state"] == "ALIVE" for n in nodes(env) if not n["is_head_node"]):
+        assert time.monotonic() < deadline, "idle worker nodes were not released"
+        time.sleep(5)
+    assert (tmp_path / "runs" / "pretrain" / "checkpoint-0000010").is_dir()
