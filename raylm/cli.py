@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 from raylm.config import Config, describe_keys, load_config
-from raylm.errors import RaylmError
+from raylm.errors import RaylmError, redact
 
 
 def _keys_epilog(*sections: str) -> str:
@@ -40,7 +40,10 @@ def _config_command(commands, name: str, help: str, description: str, sections: 
 def _run_config_command(entry: str, args: argparse.Namespace) -> int:
     """Load the config, then call `module:function(config, address=..., num_cpus=...)`, imported
     only now so that `--help` and config errors stay fast. A run that failed exits 1."""
+    from raylm import storage
+
     config = load_config(args.config, args.overrides)
+    storage.configure_s3(config.s3.endpoint_url, config.s3.region)
     module, function = entry.split(":")
     result = getattr(importlib.import_module(module), function)(config, address=args.address, num_cpus=args.num_cpus)
     return 1 if getattr(result, "error", None) is not None else 0
@@ -117,14 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read data.sources (files, folders, globs, s3:// URIs; .txt/.md/code, .jsonl, .json, .parquet, "
         "optionally gzipped), clean, filter, deduplicate, split, train or load a BPE tokenizer, and write "
         "packed token shards, tokenizer.json, config.yaml and manifest.json to data.output.",
-        sections=("data",), entry="raylm.data.prepare:prepare")
+        sections=("data", "s3"), entry="raylm.data.prepare:prepare")
     _config_command(
         commands, "pretrain",
         help="Pretrain a GPT on prepared shards with Ray Train (DDP or FSDP2, CPU or GPU).",
         description="Train model.* on the prepared dataset train.data with train.workers Ray Train workers. The run "
         "folder <train.storage>/<train.name>/ holds config.yaml, tokenizer.json, metrics.jsonl, TensorBoard "
         "events and checkpoints; starting a run whose folder has checkpoints resumes it.",
-        sections=("model", "train"), entry="raylm.train.trainer:pretrain")
+        sections=("model", "train", "s3"), entry="raylm.train.trainer:pretrain")
     _config_command(
         commands, "finetune",
         help="Continue training a pretrained run on new data: full or LoRA, text or instruction pairs.",
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prompt/response JSONL files finetune.instructions (loss on responses only), with the same Ray Train "
         "path as pretrain. Validates before and after (<run>/finetune.json); a LoRA run also saves the merged "
         "model as <run>/merged/. The run is <train.storage>/<train.name> (default name: finetune).",
-        sections=("finetune", "train", "data"), entry="raylm.finetune.finetune:finetune")
+        sections=("finetune", "train", "data", "s3"), entry="raylm.finetune.finetune:finetune")
     _config_command(
         commands, "tune",
         help="Ray Tune search over any config keys (ASHA on validation loss) for pretrain or finetune.",
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "point of tune.search_space, stopping weak ones early with ASHA on tune.metric. The sweep folder "
         "<train.storage>/<tune.name>/ holds results.json, best-config.yaml (runs as is with "
         "`raylm pretrain --config`), and every trial's run folder and TensorBoard events under trials/.",
-        sections=("tune", "train", "model", "finetune"), entry="raylm.tune.sweep:tune")
+        sections=("tune", "train", "model", "finetune", "s3"), entry="raylm.tune.sweep:tune")
 
     evaluate = _command(
         commands, "evaluate", _run_evaluate,
@@ -213,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except RaylmError as err:
-        print(f"raylm: error: {err}", file=sys.stderr)
+        print(f"raylm: error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raylm.errors import ConfigError
+from raylm.errors import ConfigError, redact
 
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -320,6 +320,16 @@ class TuneConfig(StrictModel):
         return space
 
 
+# ------------------------------------------------------------------------------------------ s3
+
+
+class S3Config(StrictModel):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2, GCS interop), e.g. http://minio:9000; "
+        "default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, else AWS. Credentials never go here: they come from the AWS chain.")
+    region: str | None = Field(None, description="Bucket region (default: AWS_REGION / AWS_DEFAULT_REGION, else the SDK's).")
+
+
 # --------------------------------------------------------------------------------------- root
 
 
@@ -329,6 +339,7 @@ class Config(StrictModel):
     train: TrainConfig = TrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     tune: TuneConfig = TuneConfig()
+    s3: S3Config = S3Config()
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -353,6 +364,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, ...)")
     overridden = [_apply_override(raw, item) for item in overrides]
+    _refuse_credentials(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:
@@ -369,6 +381,20 @@ def run_config(run_dir: str) -> Config:
 def dump_config(config: Config) -> str:
     """The resolved config as YAML: what is saved next to every output."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def _refuse_credentials(node: Any, key: str = "") -> None:
+    """A URL with credentials in it (s3://KEY:SECRET@bucket/...) is refused: the config is saved
+    next to every output and printed in logs. Credentials come from the AWS chain instead."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _refuse_credentials(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for value in node:
+            _refuse_credentials(value, key)
+    elif isinstance(node, str) and redact(node) != node:
+        raise ConfigError(f"{key}: {redact(node)} has credentials in it; raylm saves its config next to every output, "
+                          "so give credentials through the environment, ~/.aws or an instance profile instead")
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> str:
@@ -389,6 +415,7 @@ def with_values(config: Config, values: dict[str, Any], where: str = "search spa
     raw = config.model_dump(mode="json")
     for key, value in values.items():
         _set_dotted(raw, key, value, f"{where} key '{key}'")
+    _refuse_credentials(raw)
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

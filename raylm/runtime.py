@@ -21,7 +21,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        from raylm import storage
+
+        worker_env = storage.s3_worker_env()
+        ray.init(address=address, runtime_env={"env_vars": worker_env} if worker_env else None,
+                 logging_level=logging.WARNING)
         _joined_cluster = True
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)

@@ -1,7 +1,7 @@
 """Paths that may be local or `s3://`, through pyarrow's filesystems (what Ray Data and Train use).
 
-S3 credentials come from the standard AWS chain; `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`)
-points at an S3-compatible store such as MinIO or R2.
+S3 credentials come from the standard AWS chain; `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT_URL_S3`, or
+the config's `s3.endpoint_url`) points at an S3-compatible store such as MinIO or R2.
 """
 
 from __future__ import annotations
@@ -43,6 +43,23 @@ def join(base: str, *parts: str) -> str:
 def parent_and_name(path: str) -> tuple[str, str]:
     parent, _, name = path.rstrip("/").rpartition("/")
     return parent, name
+
+
+_s3_for_workers: dict[str, str] = {}
+
+
+def configure_s3(endpoint_url: str | None, region: str | None) -> None:
+    """Apply the config's `s3.*` to this process as the variables the AWS chain reads (Ray workers
+    started here inherit them; `s3_worker_env()` carries them to a joined cluster's workers)."""
+    settings = {key: value for key, value in (("AWS_ENDPOINT_URL_S3", endpoint_url), ("AWS_REGION", region)) if value}
+    _s3_for_workers.update({key: value for key, value in settings.items() if os.environ.get(key) != value})
+    os.environ.update(settings)
+    _s3.cache_clear()
+
+
+def s3_worker_env() -> dict[str, str]:
+    """What configure_s3 set that the cluster's workers do not already have from the job."""
+    return dict(_s3_for_workers)
 
 
 @functools.lru_cache(maxsize=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
@@ -38,6 +40,7 @@ def articles() -> list[str]:
 def start_session_ray() -> None:
     import ray
 
+    session_s3()  # its environment first, for the Ray workers to inherit
     # The dashboard stays on: Ray Train frees a finished run's workers through it.
     ray.init(num_cpus=2, logging_level="warning")
 
@@ -111,10 +114,17 @@ def start_moto(**server_env: str):
     return server, env, client
 
 
+@functools.cache
+def session_s3():
+    """The session's S3 server: (client environment, boto3 client). Its environment goes into this
+    process's, before the session's Ray starts, so that Ray workers reach it too and S3 commands
+    can run in process."""
+    server, env, client = start_moto()
+    atexit.register(server.terminate)
+    os.environ.update(env)
+    return env, client
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    """A shared S3 server for the session: (environment for clients, boto3 client)."""
-    server, env, client = start_moto()
-    yield env, client
-    server.terminate()
-    server.wait()
+    return session_s3()

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -45,9 +46,21 @@ def machine_for_a_cluster():
         start_session_ray()
 
 
+@pytest.fixture
+def articles_prepared(run_prepare, tmp_path) -> Path:
+    """Wikipedia articles prepared on the session's Ray, before a cluster test shuts it down."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(articles()):
+        (corpus / f"article-{i:02d}.txt").write_text(text)
+    run_prepare(f"data.sources=[{corpus}]", "data.dedup.near=false", output=tmp_path / "articles-prepared")
+    return tmp_path / "articles-prepared"
+
+
 def cluster_env(**extra: str) -> dict[str, str]:
-    """What a user's shell has: the venv's `ray` and `python` first on PATH, token mode on."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    """What a user's shell has: the venv's `ray` and `python` first on PATH, token mode on (and no
+    AWS settings but those given)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and not k.startswith("AWS_")}
     return {**env, "PATH": f"{BIN}{os.pathsep}{env['PATH']}", "RAY_AUTH_MODE": "token",
             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", **extra}
 
@@ -60,11 +73,11 @@ def ray_cli(*args: str, env: dict, timeout: int = 300, check: bool = True) -> su
 
 
 SUBMIT = """
-import sys, time
+import json, sys, time
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 client = JobSubmissionClient(sys.argv[1])
-job = client.submit_job(entrypoint=sys.argv[2], runtime_env={"working_dir": sys.argv[3]})
+job = client.submit_job(entrypoint=sys.argv[2], runtime_env=json.loads(sys.argv[3]))
 while (status := client.get_job_status(job)) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
     time.sleep(1)
 print(client.get_job_logs(job))
@@ -72,10 +85,11 @@ sys.exit(status != JobStatus.SUCCEEDED)
 """
 
 
-def submit(address: str, entrypoint: str, env: dict) -> str:
-    """A job through the SDK (JobSubmissionClient), in a client process of its own (Ray caches the
-    auth mode per process); its logs once it succeeded."""
-    result = subprocess.run([sys.executable, "-c", SUBMIT, address, entrypoint, str(ROOT)], env=env,
+def submit(address: str, entrypoint: str, env: dict, **env_vars: str) -> str:
+    """A job with this repository as its working dir through the SDK (JobSubmissionClient), in a
+    client process of its own (Ray caches the auth mode per process); its logs once it succeeded."""
+    runtime_env = {"working_dir": str(ROOT), "env_vars": env_vars}
+    result = subprocess.run([sys.executable, "-c", SUBMIT, address, entrypoint, json.dumps(runtime_env)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{entrypoint}\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
     return result.stdout
@@ -87,10 +101,17 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     # moto (no IAM here) takes any key pair: a distinctive secret, to look for in everything written.
     secret = "raylm-test-secret-" + secrets.token_hex(8)
     (tmp_path / "token").write_text(secrets.token_hex(32))
-    env = cluster_env(**{**s3_env, "AWS_SECRET_ACCESS_KEY": secret}, RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"))
+    # The nodes have credentials (as from an instance profile) but not the endpoint: jobs bring it,
+    # in the config (s3.endpoint_url) or in the job's runtime_env.
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    node_s3 = {**s3_env, "AWS_SECRET_ACCESS_KEY": secret}
+    del node_s3["AWS_ENDPOINT_URL"]
+    env = cluster_env(**node_s3, RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"))
     s3.create_bucket(Bucket="lm-cluster")
-    for i, text in enumerate(articles()):
+    texts = articles()
+    for i, text in enumerate(texts[:-1]):
         s3.put_object(Bucket="lm-cluster", Key=f"raw/article-{i:02d}.txt", Body=text.encode())
+    s3.put_object(Bucket="lm-cluster", Key="held-out.txt", Body=texts[-1].encode())
 
     gcs, dashboard = _free_port(), _free_port()
     ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
@@ -100,15 +121,20 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
 
     # prepare through the CLI, as the README shows it
     out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--", "python", "jobs/prepare.py",
-                  "data.sources=[s3://lm-cluster/raw]", "data.output=s3://lm-cluster/prepared", "data.tokenizer.vocab_size=512",
-                  "data.seq_len=64", "data.dedup.near=false", "data.split.val=0.2", env=env)
+                  "data.sources=[s3://lm-cluster/raw]", "data.test_sources=[s3://lm-cluster/held-out.txt]",
+                  "data.output=s3://lm-cluster/prepared", "data.tokenizer.vocab_size=512",
+                  "data.seq_len=64", "data.filters.profile=none", "data.dedup.near=false", "data.split.val=0.2",
+                  f"s3.endpoint_url={endpoint}", env=env)
     assert "prepare: wrote s3://lm-cluster/prepared" in out.stdout + out.stderr
     manifest = json.loads(s3.get_object(Bucket="lm-cluster", Key="prepared/manifest.json")["Body"].read())
     assert manifest["documents"]["read"] == 24 and manifest["splits"]["val"]["sequences"] >= 2
+    assert manifest["documents"]["kept_per_split"]["test"] == 1  # the held-out source, and only it
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="prepared/")["Contents"]}
+    assert {"prepared/tokenizer.json", "prepared/config.yaml"} <= keys and not any(".staging-" in k for k in keys)
 
     # pretrain, resume and evaluate through the SDK
     pretrain = ("python jobs/pretrain.py model.preset=tiny train.data=s3://lm-cluster/prepared train.storage=s3://lm-cluster/runs "
-                "train.workers=2 train.batch_size=8 train.log_every=2 train.eval_every=6 train.checkpoint_every=6")
+                f"train.workers=2 train.batch_size=8 train.log_every=2 train.eval_every=6 train.checkpoint_every=6 s3.endpoint_url={endpoint}")
     logs = submit(address, f"{pretrain} train.max_steps=12", env)
     assert "world_rank=1" in logs  # two workers, one CPU each: one on each node
     logs = submit(address, f"{pretrain} train.max_steps=16", env)
@@ -118,7 +144,8 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="runs/")["Contents"]}
     assert any(k.startswith("runs/pretrain/tensorboard/events.out.tfevents.") for k in keys)
-    logs = submit(address, "python jobs/evaluate.py --checkpoint s3://lm-cluster/runs/pretrain --json", env)
+    logs = submit(address, "python jobs/evaluate.py --checkpoint s3://lm-cluster/runs/pretrain --json", env,
+                  AWS_ENDPOINT_URL=endpoint)
     report = json.loads(next(line for line in logs.splitlines() if line.startswith("{")))
     assert report["checkpoint"].endswith("checkpoint-0000016") and report["bits_per_byte"] > 0
 
@@ -152,37 +179,42 @@ def rehearsal_start_commands() -> list[str]:
     return commands
 
 
+def readme_rehearsal() -> list[str]:
+    """The README's rehearsal commands: start (as local.yaml's header), a job, `ray status`, `ray stop`."""
+    readme = (ROOT / "README.md").read_text()
+    return next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "RAY_FAKE_CLUSTER" in b).splitlines()
+
+
 def nodes(env: dict) -> list[dict]:
     return json.loads(ray_cli("list", "nodes", "--format=json", "--address=127.0.0.1:6379", env=env).stdout)
 
 
+def shell(command: str, env: dict) -> str:
+    result = subprocess.run(["bash", "-c", command], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
 @pytest.mark.timeout(600)
-def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back(machine_for_a_cluster, tmp_path):
-    """A two-worker pretrain needs more CPUs than the head's one: the autoscaler adds worker nodes of
+def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back(articles_prepared, machine_for_a_cluster,
+                                                                                tmp_path):
+    """The README's rehearsal as written (its data and run folders in tmp_path): a two-worker
+    pretrain needs more CPUs than the head's one, so the autoscaler adds worker nodes of
     local.yaml's types, and takes them away once idle (idle_timeout_minutes: 0.5)."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for i, text in enumerate(articles()):
-        (corpus / f"article-{i:02d}.txt").write_text(text)
     env = cluster_env(HOME=str(tmp_path / "home"))  # `ray get-auth-token --generate` writes ~/.ray/auth_token
-    data = tmp_path / "prepared"
-    subprocess.run([sys.executable, "-m", "raylm", "prepare", "--num-cpus=1", f"data.sources=[{corpus}]",
-                    f"data.output={data}", "data.tokenizer.vocab_size=512", "data.seq_len=64", "data.dedup.near=false"],
-                   env=env, cwd=tmp_path, check=True, capture_output=True, timeout=300)
+    data = tmp_path / "prepared" / "books"
+    shutil.copytree(articles_prepared, data)
 
-    commands = rehearsal_start_commands()
-    assert len(commands) == 2 and "--autoscaling-config=$PWD/cluster/local.yaml" in commands[1]
-    for command in commands:
-        subprocess.run(["bash", "-c", command], env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
-    before = nodes(env)
-    assert [n["is_head_node"] for n in before if n["state"] == "ALIVE"] == [True]
+    *start, job, status, stop = readme_rehearsal()
+    assert start == rehearsal_start_commands()  # the README and local.yaml's header say the same
+    for command in start:
+        shell(command, env)
+    assert [n["is_head_node"] for n in nodes(env) if n["state"] == "ALIVE"] == [True]
 
-    # No --working-dir: fake nodes share this machine's runtime-env folder, where one node's agent
-    # removes a working dir another node's workers are using (seen here); raylm is installed anyway.
-    out = ray_cli("job", "submit", "--address=http://127.0.0.1:8265", "--", "python", str(ROOT / "jobs" / "pretrain.py"),
-                  "model.preset=tiny", f"train.data={data}", f"train.storage={tmp_path / 'runs'}", "train.workers=2",
-                  "train.batch_size=8", "train.max_steps=10", env=env)
-    assert "Adding 1 node(s) of type cpu-worker" in out.stdout + out.stderr
+    out = shell(job.replace("$PWD/prepared", str(tmp_path / "prepared")).replace("$PWD/runs", str(tmp_path / "runs")), env)
+    assert "Adding 1 node(s) of type cpu-worker" in out
+    assert (tmp_path / "runs" / "pretrain" / "checkpoint-0000050").is_dir()
+    assert "cpu-worker" in shell(status, env)
     launched = [n for n in nodes(env) if not n["is_head_node"]]
     assert launched and {n["labels"]["raylm/role"] for n in launched} <= {"data", "gpu"}
 
@@ -190,4 +222,4 @@ def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back
     while any(n["state"] == "ALIVE" for n in nodes(env) if not n["is_head_node"]):
         assert time.monotonic() < deadline, "idle worker nodes were not released"
         time.sleep(5)
-    assert (tmp_path / "runs" / "pretrain" / "checkpoint-0000010").is_dir()
+    assert "Stopped" in shell(stop, env)

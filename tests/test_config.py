@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from raylm.cli import main
 from raylm.config import Config, dump_config, load_config
 from raylm.errors import ConfigError
 
@@ -96,3 +97,13 @@ def test_dumped_config_loads_back_to_the_same_tree(tmp_path):
     assert load_config(path) == config
     assert yaml.safe_load(path.read_text())["data"]["seq_len"] == 300
     assert Config.model_validate(yaml.safe_load(dump_config(Config()))) == Config()
+
+
+def test_credentials_in_a_url_are_refused_and_never_printed(capsys):
+    """Anything saved with a run (its config) or printed must not carry secrets written into a URL."""
+    for override, key in (("data.sources=[s3://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI@corpus/raw]", "data.sources"),
+                          ("s3.endpoint_url=https://minio:hunter2@minio.internal:9000", "s3.endpoint_url")):
+        assert main(["prepare", override]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"raylm: error: {key}: ") and "***@" in err and err.count("\n") == 1
+        assert "wJalrXUtnFEMI" not in err and "hunter2" not in err and "AKIAIOSFODNN7EXAMPLE" not in err

@@ -58,6 +58,24 @@ def test_readme_sweep_runs_asha_and_its_best_config_trains(prepared, tmp_path, m
     assert (tmp_path / "runs" / "sweep-best" / "checkpoint-0000060").is_dir()
 
 
+@pytest.mark.timeout(300)
+def test_a_sweep_on_s3_writes_its_results_and_trials_there(prepared, s3_server, monkeypatch, tmp_path):
+    """train.storage on S3: the sweep folder (results, best config) and each trial's run folder."""
+    env, client = s3_server
+    client.create_bucket(Bucket="sweeps")
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", f"train.data={prepared}", "train.storage=s3://sweeps/runs", "model.preset=tiny", "train.workers=1",
+                 "train.batch_size=8", "train.max_steps=4", "train.eval_every=2", "train.log_every=2", "tune.num_samples=1",
+                 "tune.scheduler=fifo", "tune.search_space={train.lr: {choice: [0.003]}}"]) == 0
+    results = json.loads(client.get_object(Bucket="sweeps", Key="runs/sweep/results.json")["Body"].read())
+    assert len(results["trials"]) == 1 and all(t["run"].startswith("s3://sweeps/runs/sweep/") for t in results["trials"])
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="sweeps", Prefix="runs/sweep/")["Contents"]}
+    assert "runs/sweep/best-config.yaml" in keys
+    for trial in results["trials"]:
+        run = trial["run"].removeprefix("s3://sweeps/")
+        assert f"{run}/metrics.jsonl" in keys and any(k.startswith(f"{run}/checkpoint-0000004/") for k in keys)
+
+
 def test_search_space_mistakes_are_one_line_errors(prepared, tmp_path):
     from raylm.tune.sweep import tune
 
