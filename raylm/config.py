@@ -296,7 +296,7 @@ class TuneConfig(StrictModel):
     scheduler: Literal["asha", "fifo"] = Field("asha", description="ASHA stops weak trials at evaluations; fifo runs every trial to the end.")
     grace_period: int = Field(1, ge=1, description="ASHA: evaluations a trial gets before it may be stopped.")
     reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/reduction_factor of the trials at each rung.")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials at once (default: as many as the cluster's CPUs/GPUs fit).")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials at once (default: as many as the cluster's CPUs/GPUs fit now; on a joined cluster, which may autoscale, no cap).")
     seed: int = Field(0, description="Seed of the search (which points are drawn).")
 
     @field_validator("search_space")

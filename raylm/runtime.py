@@ -36,6 +36,12 @@ def joined_cluster() -> bool:
     return _joined_cluster
 
 
+def mark_joined_cluster() -> None:
+    """For code that runs inside Ray for a driver that joined a cluster (a Tune trial)."""
+    global _joined_cluster
+    _joined_cluster = True
+
+
 def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 

@@ -86,3 +86,16 @@ def test_search_space_mistakes_are_one_line_errors(prepared, tmp_path):
         load_config(None, [*base, "tune.search_space={train.lr: {normal: [0, 1]}}"])
     with pytest.raises(RaylmError, match="tune.search_space is empty"):
         tune(load_config(None, base))
+
+
+def test_a_joined_cluster_gets_no_trial_cap_so_waiting_trials_can_scale_it(ray_session, monkeypatch):
+    """On a cluster the driver joined, trials that do not fit yet are the autoscaler's demand; on a
+    local instance the cap is what fits now; tune.max_concurrent_trials overrides both."""
+    from raylm import runtime
+    from raylm.tune.sweep import max_concurrent_trials
+
+    config = load_config(None, ["train.workers=1", "train.use_gpu=true"])
+    assert max_concurrent_trials(config) == 1  # this machine has no GPU: one at a time
+    monkeypatch.setattr(runtime, "_joined_cluster", True)
+    assert max_concurrent_trials(config) == 0
+    assert max_concurrent_trials(config.model_copy(update={"tune": config.tune.model_copy(update={"max_concurrent_trials": 3})})) == 3

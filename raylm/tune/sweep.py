@@ -71,8 +71,11 @@ def plan_trial(config: Config, params: dict[str, Any], trial: str) -> TrainingJo
     return job
 
 
-def run_trial(params: dict[str, Any], config_json: dict) -> None:
-    """One trial, inside Tune: its TorchTrainer reports each checkpoint's metrics back to Tune."""
+def run_trial(params: dict[str, Any], config_json: dict, joined_cluster: bool) -> None:
+    """One trial, inside Tune: its TorchTrainer reports each checkpoint's metrics back to Tune. On a
+    cluster the driver joined, it asks for its workers' full resources, as the driver would."""
+    if joined_cluster:
+        runtime.mark_joined_cluster()
     trial = f"trial-{ray_tune.get_context().get_trial_id()}"
     job = plan_trial(Config.model_validate(config_json), params, trial)
     result = run(job, log=print, callbacks=(TuneReportCallback(),))
@@ -81,9 +84,12 @@ def run_trial(params: dict[str, Any], config_json: dict) -> None:
 
 
 def max_concurrent_trials(config: Config) -> int:
-    """As many trials as the cluster runs side by side, each with its train.workers workers."""
+    """As many trials as the cluster runs side by side, each with its train.workers workers; 0 (no
+    cap) on a joined cluster, which may autoscale: waiting trials are the demand that adds nodes."""
     if config.tune.max_concurrent_trials:
         return config.tune.max_concurrent_trials
+    if runtime.joined_cluster():
+        return 0
     train = config.train
     if train.use_gpu:
         return max(1, int(ray.cluster_resources().get("GPU", 0) // train.workers))
@@ -104,15 +110,16 @@ def tune(config: Config, address: str | None = None, num_cpus: int | None = None
     sweep_dir = sweep_folder(config)
     concurrency = max_concurrent_trials(config)
     log(f"tune: {settings.num_samples} sample(s) of {settings.command} over {', '.join(settings.search_space)}, "
-        f"{concurrency} at a time, {settings.scheduler} on {settings.metric} ({settings.mode}); sweep folder {sweep_dir}")
+        f"{concurrency or 'as many as the cluster fits'} at a time, {settings.scheduler} on {settings.metric} ({settings.mode}); sweep folder {sweep_dir}")
     scheduler = (ASHAScheduler(time_attr="step", max_t=config.train.max_steps,
                                grace_period=settings.grace_period * config.train.eval_every,
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else FIFOScheduler())
     fs, path = storage.filesystem(sweep_dir)
     tuner = ray_tune.Tuner(
-        ray_tune.with_resources(functools.partial(run_trial, config_json=config.model_dump(mode="json")),
-                                {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY}),
+        ray_tune.with_resources(
+            functools.partial(run_trial, config_json=config.model_dump(mode="json"), joined_cluster=runtime.joined_cluster()),
+            {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY}),
         param_space=param_space(settings.search_space),
         tune_config=ray_tune.TuneConfig(
             metric=settings.metric, mode=settings.mode, num_samples=settings.num_samples, scheduler=scheduler,
