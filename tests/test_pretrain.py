@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,29 @@ def test_a_worker_death_restarts_from_the_checkpoint_and_continues_exactly(prepa
     assert resumed_from == 8 and [step for step, _ in after] == list(range(9, 17))
     assert before == [(step, reference[step]) for step in range(1, 10)]
     assert after == [(step, reference[step]) for step in range(9, 17)], "losses after the resume differ"
+
+
+def test_a_corrupt_checkpoint_is_skipped_with_a_warning_and_the_run_resumes_from_the_one_before(
+        prepared, reference_run, reference, tmp_path, capsys):
+    from raylm.eval.evaluate import load_model
+    from raylm.train.checkpoint import latest_complete
+
+    run = tmp_path / "ref"
+    shutil.copytree(reference_run, run)
+    shard = next((run / "checkpoint-0000016" / "weights").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-64])  # truncated, as by a full disk or a killed upload
+    warned = []
+    assert latest_complete(str(run), warn=warned.append) == str(run / "checkpoint-0000012")
+    assert warned == [f"checkpoint {run / 'checkpoint-0000016'} is corrupt (weights/{shard.name} does not match its "
+                      "checksum): skipped, using an older one"]
+    assert load_model(str(run))[3] == str(run / "checkpoint-0000012")
+    assert "raylm: warning: checkpoint" in capsys.readouterr().err
+
+    said = []
+    assert train(prepared, tmp_path, "ref", log=said.append).error is None
+    assert any("is corrupt" in line for line in said) and any("resuming from step 12" in line for line in said)
+    _, after, resumed_from = split_at_resume(losses(run))
+    assert resumed_from == 12 and after == [(step, reference[step]) for step in range(13, 17)]
 
 
 def test_resubmitting_a_failed_run_resumes_it(prepared, reference, tmp_path):

@@ -13,6 +13,7 @@ only sums one small row per batch.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ RAY_BATCH = 256
 
 def load_model(run_dir: str) -> tuple[GPT, Tokenizer, Config, str]:
     run_dir = storage.absolute(run_dir)
-    checkpoint = latest_complete(run_dir)
+    checkpoint = latest_complete(run_dir, warn=lambda message: print(f"raylm: warning: {message}", file=sys.stderr))
     if checkpoint is None:
         raise RaylmError(f"no checkpoint in {run_dir}: is it a run folder (<train.storage>/<train.name>)?")
     config = run_config(run_dir)

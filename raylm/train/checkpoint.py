@@ -3,11 +3,14 @@
 DCP has every rank write only its own shards under distinct file names, so each worker can save
 into its own local folder and Ray Train merges the folders into one checkpoint; DDP and FSDP2 runs
 share the format, and a checkpoint loads on another number of workers or in a single process.
+Every rank also writes the SHA-256 of each file it wrote: a checkpoint is used only when all of
+them match, so a truncated or corrupted one is skipped (with a warning) for the one before it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -24,6 +27,7 @@ from raylm import storage
 
 WEIGHTS = "weights"
 STATE = "state.json"
+CHECKSUMS = "checksums-rank{rank}.json"
 PREFIX = "checkpoint-"
 
 
@@ -31,23 +35,66 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:07d}"
 
 
-def latest_complete(run_dir: str) -> str | None:
-    """The newest checkpoint folder of a run whose every rank finished writing: rank 0's state
-    (it names the world size), each rank's RNG file and the weights' metadata. Ray Train registers
-    checkpoints asynchronously, so after a crash the folder can be ahead of its registry."""
+def latest_complete(run_dir: str, warn=None) -> str | None:
+    """The newest checkpoint folder of a run that every rank finished writing and whose files all
+    match their checksums; `warn(message)` hears of each newer one skipped as corrupt. (Ray Train
+    registers checkpoints asynchronously, so after a crash the folder can be ahead of its registry.)"""
     fs, inner = storage.filesystem(run_dir)
     entries = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     for name in sorted((e.base_name for e in entries if e.base_name.startswith(PREFIX)), reverse=True):
-        folder = f"{inner}/{name}"
-        try:
-            with fs.open_input_stream(f"{folder}/{STATE}") as f:
-                world = json.loads(f.read())["world_size"]
-        except (OSError, ValueError, KeyError):
-            continue
-        needed = [f"{folder}/{WEIGHTS}/.metadata", *(f"{folder}/rng-rank{r}.pt" for r in range(world))]
-        if all(info.type == pafs.FileType.File for info in fs.get_file_info(needed)):
+        problem = _verify(fs, f"{inner}/{name}")
+        if problem is None:
             return storage.join(run_dir, name)
+        if problem != INCOMPLETE and warn:
+            warn(f"checkpoint {storage.join(run_dir, name)} is corrupt ({problem}): skipped, using an older one")
     return None
+
+
+INCOMPLETE = "incomplete"
+
+
+def _verify(fs: pafs.FileSystem, folder: str) -> str | None:
+    """None when the checkpoint is whole; else what is wrong with it (INCOMPLETE: still being
+    written or abandoned part-way, which is not corruption)."""
+    try:
+        with fs.open_input_stream(f"{folder}/{STATE}") as f:
+            world = json.loads(f.read())["world_size"]
+    except (OSError, ValueError, KeyError):
+        return INCOMPLETE
+    for rank in range(world):
+        try:
+            with fs.open_input_stream(f"{folder}/{CHECKSUMS.format(rank=rank)}") as f:
+                checksums = json.loads(f.read())
+        except (OSError, ValueError):
+            return INCOMPLETE
+        for relative, expected in checksums.items():
+            try:
+                actual = _sha256(fs, f"{folder}/{relative}")
+            except OSError:
+                return f"{relative} is missing"
+            if actual != expected:
+                return f"{relative} does not match its checksum"
+    return None
+
+
+def _sha256(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_checksums(directory: str, rank: int) -> None:
+    """The SHA-256 of every file this rank wrote into its folder, written last: its presence means
+    the rank finished."""
+    checksums = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            checksums[os.path.relpath(path, directory)] = _sha256(pafs.LocalFileSystem(), path)
+    with open(os.path.join(directory, CHECKSUMS.format(rank=rank)), "w") as f:
+        json.dump(checksums, f, indent=0)
 
 
 def saved_state(checkpoint: str) -> dict:
@@ -62,6 +109,7 @@ def save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Opt
     if rank == 0:
         with open(os.path.join(directory, STATE), "w") as f:
             json.dump(state, f)
+    _write_checksums(directory, rank)
 
 
 def load_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> dict:
@@ -84,6 +132,7 @@ def save_weights(directory: str, model: nn.Module, step: int) -> None:
     torch.save(_rng_states(), os.path.join(directory, "rng-rank0.pt"))
     with open(os.path.join(directory, STATE), "w") as f:
         json.dump({"step": step, "world_size": 1}, f)
+    _write_checksums(directory, 0)
 
 
 def load_weights(directory: str, model: nn.Module) -> None:

@@ -98,7 +98,7 @@ def train_loop_per_worker(payload: dict) -> None:
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = GPT(config.model).to(device)
     flops_per_token = model.flops_per_token(seq_len)
-    checkpoint = _resume_point(run_dir)
+    checkpoint = _resume_point(run_dir, warn=say if rank == 0 else None)
     if checkpoint is None and payload["init_checkpoint"]:
         _load_initial_weights(model, payload["init_checkpoint"])
     if config.finetune.method == "lora":
@@ -195,15 +195,15 @@ def _mean_step_seconds(started: float, steps: int, device) -> float:
     return (time.perf_counter() - started) / max(steps, 1)
 
 
-def _resume_point(run_dir: str) -> ray.train.Checkpoint | None:
-    """The newer of Ray Train's latest registered checkpoint and the run folder's latest complete
-    one (a crash right after a checkpoint can leave it written but not yet registered)."""
-    registered = ray.train.get_checkpoint()
-    found = latest_complete(run_dir)
-    if found and (registered is None or os.path.basename(found) > os.path.basename(registered.path.rstrip("/"))):
-        fs, inner = storage.filesystem(found)
-        return ray.train.Checkpoint(path=inner, filesystem=fs)
-    return registered
+def _resume_point(run_dir: str, warn) -> ray.train.Checkpoint | None:
+    """The run folder's newest whole checkpoint, checksums verified. Ray Train's registered one is
+    not taken as is: a crash right after a checkpoint can leave it written but not yet registered,
+    and a registered one that is corrupt must be passed over."""
+    found = latest_complete(run_dir, warn=warn)
+    if found is None:
+        return None
+    fs, inner = storage.filesystem(found)
+    return ray.train.Checkpoint(path=inner, filesystem=fs)
 
 
 def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:

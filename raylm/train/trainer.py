@@ -122,7 +122,7 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
     storage.write_bytes(storage.join(run_dir, "tokenizer.json"), job.tokenizer_json.encode())
 
-    resume = latest_complete(run_dir)
+    resume = latest_complete(run_dir, warn=log)
     if resume:
         saved = saved_state(resume)
         note = "" if saved["world_size"] == train.workers else (
