@@ -1,8 +1,9 @@
 """raylm on real Ray clusters started on this machine the way a user starts them:
 
 - two nodes (`ray start --head` on loopback with token auth, and `ray start --address` for a
-  worker): `ray job submit` runs prepare, pretrain across both nodes, a resubmitted pretrain that
-  resumes, and evaluate, with every path on s3:// (moto on loopback). A client without the
+  worker): `ray job submit` runs prepare, pretrain across both nodes (stopped by `ray job stop`),
+  the same pretrain submitted again, which resumes, and evaluate, with every path on s3:// (moto on
+  loopback). A client without the
   cluster's token is refused; the nodes' S3 secret appears in no output and no job log.
 - the local autoscaling rehearsal (cluster/local.yaml, started by the commands in its header): a
   two-worker pretrain job makes the autoscaler launch worker nodes from zero, released once idle.
@@ -28,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _free_port, articles, start_session_ray
+from raylm.train.checkpoint import latest_complete, saved_state
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -132,22 +134,33 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="prepared/")["Contents"]}
     assert {"prepared/tokenizer.json", "prepared/config.yaml"} <= keys and not any(".staging-" in k for k in keys)
 
-    # pretrain, resume and evaluate through the SDK
-    pretrain = ("python jobs/pretrain.py model.preset=tiny train.data=s3://lm-cluster/prepared train.storage=s3://lm-cluster/runs "
-                f"train.workers=2 train.batch_size=8 train.log_every=2 train.eval_every=6 train.checkpoint_every=6 s3.endpoint_url={endpoint}")
-    logs = submit(address, f"{pretrain} train.max_steps=12", env)
-    assert "world_rank=1" in logs  # two workers, one CPU each: one on each node
-    logs = submit(address, f"{pretrain} train.max_steps=16", env)
-    assert "resuming from step 12" in logs
+    # pretrain, stopped with `ray job stop` once it has checkpointed, then submitted again (SDK) with the
+    # same run name: it resumes from its latest S3 checkpoint
+    pretrain = ["python", "jobs/pretrain.py", "model.preset=tiny", "train.data=s3://lm-cluster/prepared",
+                "train.storage=s3://lm-cluster/runs", "train.workers=2", "train.batch_size=8", "train.log_every=2",
+                "train.eval_every=6", "train.checkpoint_every=6", f"s3.endpoint_url={endpoint}"]
+    out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--no-wait", "--", *pretrain,
+                  "train.max_steps=100000", env=env)
+    job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
+    deadline = time.monotonic() + 240
+    while latest_step() < 12:
+        assert time.monotonic() < deadline, "no checkpoints from the running job"
+        time.sleep(0.5)
+    ray_cli("job", "stop", f"--address={address}", job, env=env)
+    assert "was stopped" in ray_cli("job", "status", f"--address={address}", job, env=env).stdout
+    assert "world_rank=1" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout  # a worker on each node
+    last = latest_step()
+    logs = submit(address, " ".join([*pretrain, f"train.max_steps={last + 4}"]), env)
+    assert f"resuming from step {last}" in logs
     metrics = s3.get_object(Bucket="lm-cluster", Key="runs/pretrain/metrics.jsonl")["Body"].read().decode()
     steps = [json.loads(line)["step"] for line in metrics.splitlines() if "loss" in line]
-    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert steps[-2:] == [last + 2, last + 4] and steps[0] == 2
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="runs/")["Contents"]}
     assert any(k.startswith("runs/pretrain/tensorboard/events.out.tfevents.") for k in keys)
     logs = submit(address, "python jobs/evaluate.py --checkpoint s3://lm-cluster/runs/pretrain --json", env,
                   AWS_ENDPOINT_URL=endpoint)
     report = json.loads(next(line for line in logs.splitlines() if line.startswith("{")))
-    assert report["checkpoint"].endswith("checkpoint-0000016") and report["bits_per_byte"] > 0
+    assert report["checkpoint"].endswith(f"checkpoint-{last + 4:07d}") and report["bits_per_byte"] > 0
 
     # token auth: a request without the token, and a client with another one, are refused
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -162,6 +175,12 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     for item in s3.list_objects_v2(Bucket="lm-cluster")["Contents"]:
         assert secret.encode() not in s3.get_object(Bucket="lm-cluster", Key=item["Key"])["Body"].read(), item["Key"]
     assert secret not in logs + out.stdout + out.stderr
+
+
+def latest_step() -> int:
+    """The step of the run's newest whole checkpoint (raylm's own check: every rank's checksums)."""
+    checkpoint = latest_complete("s3://lm-cluster/runs/pretrain")
+    return saved_state(checkpoint)["step"] if checkpoint else 0
 
 
 def rehearsal_start_commands() -> list[str]:
@@ -223,3 +242,4 @@ def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back
         assert time.monotonic() < deadline, "idle worker nodes were not released"
         time.sleep(5)
     assert "Stopped" in shell(stop, env)
+
