@@ -16,7 +16,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     `dashboard=False` suits data-only runs: the local instance starts faster and its agents take no
     CPU from the work. Ray Train needs it on (it frees finished runs' resources through it).
     """
-    global _joined_cluster
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -26,7 +25,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         worker_env = storage.s3_worker_env()
         ray.init(address=address, runtime_env={"env_vars": worker_env} if worker_env else None,
                  logging_level=logging.WARNING)
-        _joined_cluster = True
+        mark_joined_cluster()
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)
 
@@ -37,7 +36,7 @@ def joined_cluster() -> bool:
 
 
 def mark_joined_cluster() -> None:
-    """For code that runs inside Ray for a driver that joined a cluster (a Tune trial)."""
+    """This process joined a cluster, or runs inside Ray for a driver that did (a Tune trial)."""
     global _joined_cluster
     _joined_cluster = True
 

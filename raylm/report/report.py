@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-
 from raylm import storage
 from raylm.config import Config, run_config
 from raylm.errors import RaylmError
