@@ -7,8 +7,10 @@ came from and the closest valid key.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,6 +97,12 @@ class FiltersConfig(StrictModel):
         description="Quality rules: 'web' (Gopher + C4), 'code', 'none', or 'auto' (code rules for "
         "source-code files, web rules for the rest). Empty documents are always dropped.",
     )
+    max_word_chars: int = Field(
+        1000, ge=0,
+        description="Drop documents with a longer run of non-space characters, in every profile (reason "
+        "'word_too_long'): such runs are blobs (base64, minified data, a whole file on one line), and BPE "
+        "training time grows with the square of a word's length. 0 turns the rule off.",
+    )
     web: WebRules = WebRules()
     code: CodeRules = CodeRules()
 
@@ -139,6 +147,12 @@ class DataConfig(StrictModel):
         "auto", description="File format; 'auto' decides by extension (.txt/.md/code, .jsonl, .json, .parquet, each optionally .gz)."
     )
     text_field: str = Field("text", description="JSON field or Parquet column holding the text.")
+    fallback_encoding: str | None = Field(
+        None,
+        description="Decode text files and JSON lines that are not UTF-8 with this codec (e.g. 'latin-1', "
+        "'cp1252') instead of dropping them as 'invalid_utf8'. Off by default: decoding damaged UTF-8 "
+        "with an 8-bit codec turns every accented character of the file into mojibake.",
+    )
     document_separator: str | None = Field(
         None, description="Regex that splits text files into documents (default: one file = one document)."
     )
@@ -155,12 +169,20 @@ class DataConfig(StrictModel):
     def _one_source_is_a_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("fallback_encoding")
+    @classmethod
+    def _encoding_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}; e.g. 'latin-1' or 'cp1252'") from None
+        return value
+
     @field_validator("document_separator")
     @classmethod
     def _separator_compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            import re
-
             try:
                 re.compile(value)
             except re.error as err:

@@ -23,6 +23,11 @@ def write_parquet(path: Path, table: pa.Table) -> Path:
     return path
 
 
+MIXED_NEWLINES = b"Windows line\r\nold Mac line\rUnix line\nlast line\r\n"
+BLOB_LINE = b"data:application/octet-stream;base64," + b"QUJD" * 12_500_000  # 50 MB without a space
+DECIDED_AFTER_READING = ("empty", "word_too_long")  # read as text, dropped by cleaning or filtering
+
+
 def bad_input_corpus(folder: Path) -> dict[str, int]:
     """One file (or line) per kind of bad input, plus good documents; returns the expected
     count of documents per drop reason, with "kept" for the good ones."""
@@ -33,6 +38,8 @@ def bad_input_corpus(folder: Path) -> dict[str, int]:
     (folder / "blank.txt").write_text("  \n\t\n")
     (folder / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     (folder / "invalid.txt").write_bytes(b"caf\xe9 au lait, latin-1 not utf-8")
+    (folder / "newlines.txt").write_bytes(MIXED_NEWLINES)
+    (folder / "one_line.txt").write_bytes(BLOB_LINE[:100_000])  # test_formats reads one of 50 MB
     (folder / "good.txt.gz").write_bytes(gzip.compress(b"A gzipped text document."))
     (folder / "truncated.txt.gz").write_bytes(gzip.compress(b"x" * 5000)[:-20])
     (folder / "notgzip.txt.gz").write_bytes(b"this is not gzip at all")
@@ -52,10 +59,11 @@ def bad_input_corpus(folder: Path) -> dict[str, int]:
     (folder / "corrupt.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 50)
     (folder / "image.xyz").write_bytes(b"unsupported")
     return {
-        # good.txt, notes.md, good.txt.gz, 2 jsonl, 2 json array, 2 parquet, the readable part of cut.jsonl.gz
-        "kept": 1 + 1 + 1 + 2 + 2 + 2 + readable_lines,
+        # good.txt, notes.md, newlines.txt, good.txt.gz, 2 jsonl, 2 json array, 2 parquet, the readable part of cut.jsonl.gz
+        "kept": 1 + 1 + 1 + 1 + 2 + 2 + 2 + readable_lines,
         "empty_file": 1,
         "empty": 1,
+        "word_too_long": 1,
         "binary": 1,
         "invalid_utf8": 2,  # invalid.txt + the bad jsonl line
         "truncated_gzip": 2,  # truncated.txt.gz + the cut-off end of cut.jsonl.gz

@@ -72,6 +72,8 @@ def test_override_errors_say_they_came_from_the_command_line(tmp_path):
         ("data.split.val=0.6", "below 1"),  # with test's default it still leaves train; see next
         ("data.dedup.threshold=1.5", "less than 1"),
         ("data.document_separator=(", "not a valid regular expression"),
+        ("train.lr=-0.001", "train.lr: .*greater than 0"),
+        ("data.fallback_encoding=latin-2000", "unknown encoding 'latin-2000'"),
     ],
 )
 def test_impossible_values_are_refused(override, fragment):

@@ -322,7 +322,7 @@ def test_web_and_code_profiles_apply_to_every_kind():
 @pytest.mark.parametrize("kind", ["code", "text"])
 def test_none_profile_keeps_every_non_empty_document(kind):
     none = FiltersConfig(profile="none")
-    for text in (PYTHON_FILE, PROSE, "x", "{" * 5000, "Lorem ipsum."):
+    for text in (PYTHON_FILE, PROSE, "x", "{" * 1000, "Lorem ipsum."):
         assert apply_quality_filters(text, kind, none) == FilterResult(text, None, 0)
 
 
@@ -331,6 +331,25 @@ def test_none_profile_keeps_every_non_empty_document(kind):
 @pytest.mark.parametrize("text", ["", " ", "\n\n", " \t\r\n \u00a0\u3000 "])
 def test_empty_and_whitespace_documents_are_dropped_in_every_profile(profile, kind, text):
     assert apply_quality_filters(text, kind, FiltersConfig(profile=profile)) == FilterResult(text, "empty", 0)
+
+
+@pytest.mark.parametrize("profile", ["auto", "web", "code", "none"])
+def test_a_word_over_the_limit_drops_the_document_in_every_profile(profile):
+    with_blob = PROSE + "\ndata:image/png;base64," + "iVBORw0KGgo" * 100  # one 1122-character word
+    assert apply_quality_filters(with_blob, "text", FiltersConfig(profile=profile)).reason == "word_too_long"
+    for loose in (FiltersConfig(profile=profile, max_word_chars=1200), FiltersConfig(profile=profile, max_word_chars=0)):
+        assert apply_quality_filters(with_blob, "text", loose).reason != "word_too_long"
+
+
+def test_a_50_mb_line_is_judged_without_counting_its_ngrams():
+    """One 50 MB line: a space-free blob goes as too long a word; prose goes on its word count
+    before the n-gram rules (which would hold ten million words in memory)."""
+    blob = "QUJD" * 12_500_000
+    assert apply_quality_filters(blob, "text", FiltersConfig(profile="none")) == FilterResult(blob, "word_too_long", 0)
+    prose = " ".join(PROSE_LINES * 70_000)
+    assert len(prose) > 50_000_000
+    assert apply_quality_filters(prose, "text", web()).reason == "web_too_many_words"
+    assert apply_quality_filters(prose, "text", FiltersConfig(profile="none")).reason is None
 
 
 def test_unknown_kind_is_an_error():

@@ -7,10 +7,14 @@ import json
 import re
 from collections import Counter
 
+import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
-from corpus_kit import bad_input_corpus, write_jsonl
-from raylm.config import DataConfig
+from corpus_kit import BLOB_LINE, DECIDED_AFTER_READING, bad_input_corpus, write_jsonl
+from raylm.config import CleanConfig, DataConfig, FiltersConfig
+from raylm.data.clean import clean_texts
+from raylm.data.filters import apply_quality_filters
 from raylm.data.formats import read_documents
 from raylm.data.sources import SourceFile, list_sources
 from raylm.errors import RaylmError
@@ -22,18 +26,48 @@ def docs_of(folder, **config) -> list[tuple[str, int, str, str]]:
     return [
         (f.key, index, text, reason)
         for f in list_sources(data).files
-        for index, text, reason in read_documents(f, data.text_field, separator)
+        for index, text, reason in read_documents(f, data.text_field, separator, data.fallback_encoding)
     ]
 
 
 def test_every_bad_input_kind_is_counted_under_its_reason(tmp_path):
-    expected = bad_input_corpus(tmp_path / "corpus")
+    expected = Counter(bad_input_corpus(tmp_path / "corpus"))
     docs = docs_of(tmp_path / "corpus")
     reasons = Counter(reason or "kept" for _, _, _, reason in docs)
-    assert reasons - Counter({"empty": 1, "kept": 1}) == Counter(expected) - Counter({"empty": 1})
+    later = Counter({reason: expected[reason] for reason in DECIDED_AFTER_READING})
+    assert reasons == expected - later + Counter(kept=sum(later.values()))
     # the blank file is read as a (blank) document; cleaning drops it as `empty`
     assert ("blank.txt", 0, "  \n\t\n", "") in docs
     assert all(text == "" for _, _, text, reason in docs if reason)
+
+
+def test_latin_1_is_dropped_by_default_and_read_with_a_fallback_encoding(tmp_path):
+    bad_input_corpus(tmp_path / "corpus")
+    (tmp_path / "corpus" / "cp1252_undefined.txt").write_bytes(b"\x81 is no cp1252 character")
+
+    def texts(**config):
+        return {(key, index): (text, reason) for key, index, text, reason in docs_of(tmp_path / "corpus", **config)
+                if key in ("invalid.txt", "mixed.jsonl", "cp1252_undefined.txt")}
+
+    assert texts()[("invalid.txt", 0)] == ("", "invalid_utf8")
+    assert texts()[("mixed.jsonl", 7)] == ("", "invalid_utf8")
+    latin_1 = texts(fallback_encoding="latin-1")
+    assert latin_1[("invalid.txt", 0)] == ("café au lait, latin-1 not utf-8", "")
+    assert latin_1[("mixed.jsonl", 7)] == ("bad ÿ utf8", "")
+    assert latin_1[("mixed.jsonl", 0)] == ("json one", "")  # UTF-8 is still read as UTF-8
+    assert texts(fallback_encoding="cp1252")[("cp1252_undefined.txt", 0)] == ("", "invalid_utf8")
+    with pytest.raises(ValidationError, match="unknown encoding 'latin-2000'"):
+        DataConfig(fallback_encoding="latin-2000")
+
+
+def test_a_50_mb_line_is_read_cleaned_and_dropped_as_one_word(tmp_path):
+    (tmp_path / "blob.txt").write_bytes(BLOB_LINE)
+    (tmp_path / "blob.jsonl").write_bytes(b'{"text": "' + BLOB_LINE + b'"}\n{"text": "next line"}\n')
+    docs = docs_of(tmp_path)
+    assert [(key, len(text), reason) for key, _, text, reason in docs] == [
+        ("blob.jsonl", len(BLOB_LINE), ""), ("blob.jsonl", 9, ""), ("blob.txt", len(BLOB_LINE), "")]
+    cleaned = clean_texts(pa.array([docs[0][2]]), CleanConfig())[0].as_py()
+    assert apply_quality_filters(cleaned, "text", FiltersConfig(profile="none")).reason == "word_too_long"
 
 
 def test_partial_files_keep_what_was_readable(tmp_path):
@@ -86,8 +120,12 @@ def test_globs_and_missing_paths(tmp_path):
 
 
 def test_a_folder_with_nothing_usable_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RaylmError, match=r"no readable files .*empty'\] \(no files\)"):
+        list_sources(DataConfig(sources=[str(tmp_path / "empty")]))
     (tmp_path / "x.bin").write_bytes(b"\x00")
-    with pytest.raises(RaylmError, match=r"no readable files .*1 unsupported \.bin"):
+    (tmp_path / ".hidden.txt").write_text("hidden")
+    with pytest.raises(RaylmError, match=r"no readable files .*\((?=.*1 unsupported \.bin)(?=.*1 hidden)"):
         list_sources(DataConfig(sources=[str(tmp_path)]))
 
 

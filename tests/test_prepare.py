@@ -14,11 +14,12 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import read_split, shared_file
-from corpus_kit import bad_input_corpus, write_jsonl
+from corpus_kit import MIXED_NEWLINES, bad_input_corpus, write_jsonl
 from raylm.config import load_config
 from raylm.data.clean import clean_texts
 from raylm.data.filters import apply_quality_filters
 from raylm.data.formats import read_documents
+from raylm.data.prepare import _log_summary
 from raylm.data.sources import list_sources
 from raylm.errors import RaylmError
 
@@ -35,7 +36,7 @@ def kept_documents(output: Path, manifest: dict) -> list[str]:
     separator = re.compile(data.document_separator) if data.document_separator else None
     texts = []
     for source in list_sources(data).files:
-        for index, text, reason in read_documents(source, data.text_field, separator):
+        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding):
             if reason or (source.path, index) in dropped:
                 continue
             cleaned = clean_texts(pa.array([text]), data.clean)[0].as_py()
@@ -123,7 +124,7 @@ def test_wikitext_with_held_out_sources_round_trip(run_prepare, tmp_path):
 
 def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
     expected = bad_input_corpus(tmp_path / "corpus")
-    manifest = run_prepare(f"data.sources=[{tmp_path / 'corpus'}]", "data.filters.profile=none",
+    manifest = run_prepare(f"data.sources=[{tmp_path / 'corpus'}]", "data.filters.profile=none", "data.seq_len=8",
                            "data.dedup.exact=false", "data.dedup.near=false", "data.split.val=0", "data.split.test=0")
     docs = manifest["documents"]
     assert docs["kept"] == expected.pop("kept")
@@ -134,6 +135,12 @@ def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
     assert Counter(row["reason"] for row in ledger) == Counter(expected)
     assert {"file": str(tmp_path / "corpus" / "mixed.jsonl"), "index": 6, "reason": "malformed_json"} in ledger
     assert_shards_hold_the_kept_documents(tmp_path / "prepared", manifest)
+    tokenizer = Tokenizer.from_file(str(tmp_path / "prepared" / "tokenizer.json"))
+    written = tokenizer.decode([token for shard in read_split(tmp_path / "prepared", manifest, "train") for row in shard for token in row])
+    assert MIXED_NEWLINES.decode().replace("\r\n", "\n").replace("\r", "\n").strip() in written and "\r" not in written
+    summary = []
+    _log_summary(manifest, summary.append)
+    assert "2 documents were not UTF-8: data.fallback_encoding=latin-1" in "\n".join(summary)
 
 
 def test_planted_exact_and_near_duplicates_are_removed(run_prepare, tmp_path):

@@ -58,11 +58,14 @@ def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> Filter
     """kind is 'code' (a source-code file) or 'text'. config.profile picks the rules:
     'none' -> no rules; 'web' -> web rules for every doc; 'code' -> code rules for every doc;
     'auto' -> code rules when kind == 'code', web rules otherwise. Every profile drops a document
-    that is empty or whitespace-only (also after C4 line removal) with reason 'empty'."""
+    that is empty or whitespace-only (also after C4 line removal) with reason 'empty', and one with
+    a word (a run of non-space characters) longer than config.max_word_chars as 'word_too_long'."""
     if kind not in ("code", "text"):
         raise ValueError(f"document kind must be 'code' or 'text', not {kind!r}")
     if not text or text.isspace():
         return FilterResult(text, "empty", 0)
+    if config.max_word_chars and len(text) > config.max_word_chars and max(map(len, text.split())) > config.max_word_chars:
+        return FilterResult(text, "word_too_long", 0)
     profile = config.profile
     if profile == "auto":
         profile = "code" if kind == "code" else "web"
@@ -76,8 +79,11 @@ def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> Filter
 
 
 def _apply_web_rules(text: str, rules: WebRules) -> FilterResult:
-    """Gopher repetition, then Gopher quality (both on the input text), then C4 on what it keeps."""
+    """Gopher repetition, then Gopher quality (both on the input text), then C4 on what it keeps.
+    A document over the word limit is dropped first: counting its n-grams would cost the most."""
     words = text.split()
+    if len(words) > rules.max_words:
+        return FilterResult(text, "web_too_many_words", 0)
     lines = [stripped for line in text.split("\n") if (stripped := line.strip())]
     reason = _gopher_repetition_reason(text, words, lines, rules) or _gopher_quality_reason(
         text, words, lines, rules
@@ -127,8 +133,6 @@ def _gopher_quality_reason(text: str, words: list[str], lines: list[str], rules:
     n_words = len(words)
     if n_words < rules.min_words:
         return "web_too_few_words"
-    if n_words > rules.max_words:
-        return "web_too_many_words"
     mean_word_length = sum(map(len, words)) / n_words
     if not rules.min_mean_word_length <= mean_word_length <= rules.max_mean_word_length:
         return "web_mean_word_length"

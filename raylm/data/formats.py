@@ -27,7 +27,9 @@ BINARY_SNIFF_BYTES = 8192
 GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
-def read_documents(file: SourceFile, text_field: str, separator: re.Pattern | None) -> Iterator[Document]:
+def read_documents(file: SourceFile, text_field: str, separator: re.Pattern | None,
+                   fallback_encoding: str | None = None) -> Iterator[Document]:
+    """fallback_encoding decodes text that is not UTF-8 (e.g. Latin-1); None drops it as invalid_utf8."""
     if file.size == 0:
         yield 0, "", "empty_file"
         return
@@ -35,15 +37,15 @@ def read_documents(file: SourceFile, text_field: str, separator: re.Pattern | No
         if file.format == "parquet":
             yield from _parquet(file, text_field)
         elif file.format == "jsonl":
-            yield from _json_lines(_open_lines(file), text_field)
+            yield from _json_lines(_open_lines(file), text_field, fallback_encoding)
         else:
             data, broken = _read_all(file)
             if broken:
                 yield 0, "", broken
             elif file.format == "json":
-                yield from _json_document(data, text_field)
+                yield from _json_document(data, text_field, fallback_encoding)
             else:
-                yield from _text(data, separator)
+                yield from _text(data, separator, fallback_encoding)
     except OSError:  # vanished or unreadable mid-run: counted, not fatal
         yield 0, "", "unreadable_file"
 
@@ -61,19 +63,29 @@ def _read_all(file: SourceFile) -> tuple[bytes, str]:
         return b"", "corrupt_gzip"
 
 
-def _decode(data: bytes) -> tuple[str, str]:
+def _decode(data: bytes, fallback_encoding: str | None) -> tuple[str, str]:
     if not data:
         return "", "empty_file"
     if b"\x00" in data[:BINARY_SNIFF_BYTES]:
         return "", "binary"
+    return _utf8_or_fallback(data, fallback_encoding)
+
+
+def _utf8_or_fallback(data: bytes, fallback_encoding: str | None) -> tuple[str, str]:
     try:
         return data.decode("utf-8-sig"), ""
     except UnicodeDecodeError:
-        return "", "invalid_utf8"
+        pass
+    if fallback_encoding:
+        try:
+            return data.decode(fallback_encoding), ""
+        except UnicodeDecodeError:  # e.g. one of the five bytes cp1252 leaves undefined
+            pass
+    return "", "invalid_utf8"
 
 
-def _text(data: bytes, separator: re.Pattern | None) -> Iterator[Document]:
-    text, reason = _decode(data)
+def _text(data: bytes, separator: re.Pattern | None, fallback_encoding: str | None) -> Iterator[Document]:
+    text, reason = _decode(data, fallback_encoding)
     if reason or separator is None:
         yield 0, text, reason
         return
@@ -94,24 +106,25 @@ def _text_of(item: object, field: str) -> tuple[str, str]:
     return value, ""
 
 
-def _json_line(line: bytes, field: str) -> tuple[str, str]:
+def _json_line(line: bytes, field: str, fallback_encoding: str | None) -> tuple[str, str]:
+    text, reason = _utf8_or_fallback(line, fallback_encoding)
+    if reason:
+        return "", reason
     try:
-        return _text_of(json.loads(line), field)
-    except UnicodeDecodeError:
-        return "", "invalid_utf8"
+        return _text_of(json.loads(text), field)
     except ValueError:
         return "", "malformed_json"
 
 
-def _json_document(data: bytes, field: str) -> Iterator[Document]:
-    text, reason = _decode(data)
+def _json_document(data: bytes, field: str, fallback_encoding: str | None) -> Iterator[Document]:
+    text, reason = _decode(data, fallback_encoding)
     if reason:
         yield 0, "", reason
         return
     try:
         parsed = json.loads(text)
     except ValueError:  # many .json files are JSON Lines
-        yield from _json_lines(iter(io.BytesIO(data)), field)
+        yield from _json_lines(iter(io.BytesIO(data)), field, fallback_encoding)
         return
     for i, item in enumerate(parsed if isinstance(parsed, list) else [parsed]):
         yield (i, *_text_of(item, field))
@@ -133,13 +146,13 @@ def _open_lines(file: SourceFile) -> Iterator[bytes | str]:
             yield "corrupt_gzip"
 
 
-def _json_lines(lines: Iterator[bytes | str], field: str) -> Iterator[Document]:
+def _json_lines(lines: Iterator[bytes | str], field: str, fallback_encoding: str | None) -> Iterator[Document]:
     for number, line in enumerate(lines):
         if isinstance(line, str):  # the stream broke here: the rest of the file is one lost unit
             yield number, "", line
             return
         if line.strip():
-            yield (number, *_json_line(line, field))
+            yield (number, *_json_line(line, field, fallback_encoding))
 
 
 def _parquet(file: SourceFile, field: str) -> Iterator[Document]:

@@ -232,7 +232,7 @@ def _read_files(files: pa.Table, data: DataConfig, clock) -> Iterator[pa.Table]:
     for row in files.to_pylist():
         file_index = row.pop("file_index")
         source = SourceFile(**row)
-        for index, text, reason in read_documents(source, data.text_field, separator):
+        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding):
             doc_hash = _doc_hash(f"{data.split.seed}:{source.key}#{index}")
             columns["file"].append(source.path)
             columns["index"].append(index)
@@ -378,6 +378,9 @@ def _log_summary(manifest: dict, log) -> None:
     docs = manifest["documents"]
     log(f"prepare: read {docs['read']} documents, kept {docs['kept']}, dropped {sum(docs['dropped'].values())}"
         + (f" ({', '.join(f'{k} {v}' for k, v in docs['dropped'].items())})" if docs["dropped"] else ""))
+    if docs["dropped"].get("invalid_utf8") and not manifest["config"]["data"]["fallback_encoding"]:
+        log(f"prepare: {docs['dropped']['invalid_utf8']} documents were not UTF-8: data.fallback_encoding=latin-1 "
+            "(or cp1252) reads legacy 8-bit text")
     for split, s in manifest["splits"].items():
         log(f"prepare:   {split:5s} {s['documents']:>8d} docs {s['bytes'] / 1e6:>9.2f} MB {s['tokens']:>11d} tokens "
             f"{s['sequences']:>8d} sequences")
