@@ -198,8 +198,12 @@ def _mean_step_seconds(started: float, steps: int, device) -> float:
 def _resume_point(run_dir: str, warn) -> ray.train.Checkpoint | None:
     """The run folder's newest whole checkpoint, checksums verified. Ray Train's registered one is
     not taken as is: a crash right after a checkpoint can leave it written but not yet registered,
-    and a registered one that is corrupt must be passed over."""
-    found = latest_complete(run_dir, warn=warn)
+    and a registered one that is corrupt must be passed over. Rank 0 alone reads the files to
+    verify them and tells the others its choice, so a resume hashes the checkpoint once, not once
+    per worker."""
+    found = [latest_complete(run_dir, warn=warn) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(found, src=0)
+    found = found[0]
     if found is None:
         return None
     fs, inner = storage.filesystem(found)
