@@ -1,10 +1,11 @@
 """raylm on real Ray clusters started on this machine the way a user starts them:
 
 - two nodes (`ray start --head` on loopback with token auth, and `ray start --address` for a
-  worker): `ray job submit` runs prepare, pretrain across both nodes (stopped by `ray job stop`),
-  the same pretrain submitted again, which resumes, and evaluate, with every path on s3:// (moto on
-  loopback). A client without the
-  cluster's token is refused; the nodes' S3 secret appears in no output and no job log.
+  worker): `ray job submit` runs prepare; pretrain across both nodes, which loses the worker node
+  mid-run and resumes when it is back, then is stopped by `ray job stop`; the same pretrain
+  submitted again, which resumes and finishes; and evaluate, with every path on s3:// (moto on loopback).
+  A client without the cluster's token is refused; the nodes' S3 secret appears in no output and
+  no job log.
 - the local autoscaling rehearsal (cluster/local.yaml, started by the commands in its header): a
   two-worker pretrain job makes the autoscaler launch worker nodes from zero, released once idle.
 
@@ -14,13 +15,16 @@ before a cluster starts and started again after.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -116,10 +120,53 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     s3.put_object(Bucket="lm-cluster", Key="held-out.txt", Body=texts[-1].encode())
 
     gcs, dashboard = _free_port(), _free_port()
+    # The head declares a node dead after 2 missed health checks a second apart (Ray's default: 5, 3 s apart).
     ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats", env=env)
-    ray_cli("start", f"--address=127.0.0.1:{gcs}", "--num-cpus=1", env=env)
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+            env={**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "2"})
+    node = WorkerNode(gcs, env)
     address = f"http://127.0.0.1:{dashboard}"
+    try:
+        jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path)
+    finally:
+        node.remove()
+
+
+class WorkerNode:
+    """A one-CPU worker node (`ray start --block`) in a process group of its own, so a test can take
+    the node away at once, as when an instance vanishes: SIGKILL to the raylet and its agents; the
+    node's worker processes (in process groups of their own) exit when their raylet is gone. It
+    has a temp dir of its own, as a machine of its own would: nodes that share one unpack job
+    working dirs into the same folder, and a node that first sees a package deletes and unpacks
+    it again under the feet of a job already running there."""
+
+    def __init__(self, gcs: int, env: dict) -> None:
+        self.gcs, self.env = gcs, env
+        self.temp_dir = tempfile.mkdtemp(prefix="raylm-node-")  # short: Ray's socket paths live under it
+        self.start()
+
+    def start(self) -> None:
+        """Start the node and return once it has joined the cluster."""
+        self.process = subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{self.gcs}", "--num-cpus=1", "--block",
+                                         f"--temp-dir={self.temp_dir}"],
+                                        env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 120
+        while sum(n["state"] == "ALIVE" for n in nodes(self.env, self.gcs)) < 2:
+            assert self.process.poll() is None and time.monotonic() < deadline, "the worker node did not join"
+            time.sleep(1)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -> None:
 
     # prepare through the CLI, as the README shows it
     out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--", "python", "jobs/prepare.py",
@@ -134,18 +181,25 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="prepared/")["Contents"]}
     assert {"prepared/tokenizer.json", "prepared/config.yaml"} <= keys and not any(".staging-" in k for k in keys)
 
-    # pretrain, stopped with `ray job stop` once it has checkpointed, then submitted again (SDK) with the
-    # same run name: it resumes from its latest S3 checkpoint
+    # pretrain across both nodes, allowed to retry forever. Once it has checkpointed, the worker node
+    # (with the rank-1 worker) goes away and comes back: the run resumes
+    # from its newest S3 checkpoint. Then `ray job stop`, and the same command submitted again (SDK)
+    # with the same run name resumes and finishes.
     pretrain = ["python", "jobs/pretrain.py", "model.preset=tiny", "train.data=s3://lm-cluster/prepared",
                 "train.storage=s3://lm-cluster/runs", "train.workers=2", "train.batch_size=8", "train.log_every=2",
-                "train.eval_every=6", "train.checkpoint_every=6", f"s3.endpoint_url={endpoint}"]
+                "train.eval_every=6", "train.checkpoint_every=6", "train.max_failures=-1", f"s3.endpoint_url={endpoint}"]
     out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--no-wait", "--", *pretrain,
                   "train.max_steps=100000", env=env)
     job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
-    deadline = time.monotonic() + 240
-    while latest_step() < 12:
-        assert time.monotonic() < deadline, "no checkpoints from the running job"
+    wait_while_running(job, address, env, until=lambda: latest_step() >= 6)
+    node.kill()
+    while any(n["state"] == "ALIVE" for n in nodes(env, gcs) if not n["is_head_node"]):
         time.sleep(0.5)
+    node.start()
+    wait_while_running(job, address, env, until=lambda: "resumed from step" in job_logs(address, job, env))
+    resumed = {int(step) for step in re.findall(r"resumed from step (\d+)", job_logs(address, job, env))}
+    assert len(resumed) == 1 and min(resumed) >= 6, resumed  # the newest whole checkpoint, however many tries
+    wait_while_running(job, address, env, until=lambda: latest_step() >= min(resumed) + 6)  # and on from there
     ray_cli("job", "stop", f"--address={address}", job, env=env)
     assert "was stopped" in ray_cli("job", "status", f"--address={address}", job, env=env).stdout
     assert "world_rank=1" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout  # a worker on each node
@@ -177,6 +231,33 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
     assert secret not in logs + out.stdout + out.stderr
 
 
+def jobs_api(address: str, path: str, env: dict) -> dict:
+    """GET on the jobs REST API with the cluster's token: a poll that costs no Python start-up on a
+    machine whose two CPUs are training."""
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    request = urllib.request.Request(f"{address}/api/jobs/{path}", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def job_status(address: str, job: str, env: dict) -> str:
+    return jobs_api(address, job, env)["status"]
+
+
+def job_logs(address: str, job: str, env: dict) -> str:
+    return jobs_api(address, f"{job}/logs", env)["logs"]
+
+
+def wait_while_running(job: str, address: str, env: dict, until, timeout: float = 240) -> None:
+    """Poll until(); fail with the job's status and logs if the job ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        status = job_status(address, job, env)
+        if time.monotonic() > deadline or status in ("FAILED", "STOPPED"):
+            pytest.fail(f"{status}\n{job_logs(address, job, env)[-5000:]}")
+        time.sleep(1)
+
+
 def latest_step() -> int:
     """The step of the run's newest whole checkpoint (raylm's own check: every rank's checksums)."""
     checkpoint = latest_complete("s3://lm-cluster/runs/pretrain")
@@ -204,8 +285,8 @@ def readme_rehearsal() -> list[str]:
     return next(b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if "RAY_FAKE_CLUSTER" in b).splitlines()
 
 
-def nodes(env: dict) -> list[dict]:
-    return json.loads(ray_cli("list", "nodes", "--format=json", "--address=127.0.0.1:6379", env=env).stdout)
+def nodes(env: dict, gcs: int = 6379) -> list[dict]:
+    return json.loads(ray_cli("list", "nodes", "--format=json", f"--address=127.0.0.1:{gcs}", env=env).stdout)
 
 
 def shell(command: str, env: dict) -> str:
@@ -219,7 +300,7 @@ def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back
                                                                                 tmp_path):
     """The README's rehearsal as written (its data and run folders in tmp_path): a two-worker
     pretrain needs more CPUs than the head's one, so the autoscaler adds worker nodes of
-    local.yaml's types, and takes them away once idle (idle_timeout_minutes: 0.5)."""
+    local.yaml's types, and takes them away once idle (idle_timeout_minutes: 0.25)."""
     env = cluster_env(HOME=str(tmp_path / "home"))  # `ray get-auth-token --generate` writes ~/.ray/auth_token
     data = tmp_path / "prepared" / "books"
     shutil.copytree(articles_prepared, data)
@@ -232,7 +313,7 @@ def test_the_local_rehearsal_cluster_scales_workers_from_zero_for_a_job_and_back
 
     out = shell(job.replace("$PWD/prepared", str(tmp_path / "prepared")).replace("$PWD/runs", str(tmp_path / "runs")), env)
     assert "Adding 1 node(s) of type cpu-worker" in out
-    assert (tmp_path / "runs" / "pretrain" / "checkpoint-0000050").is_dir()
+    assert (tmp_path / "runs" / "pretrain" / "checkpoint-0000020").is_dir()
     assert "cpu-worker" in shell(status, env)
     launched = [n for n in nodes(env) if not n["is_head_node"]]
     assert launched and {n["labels"]["raylm/role"] for n in launched} <= {"data", "gpu"}
