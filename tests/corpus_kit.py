@@ -1,14 +1,25 @@
-"""Builders of small on-disk corpora, good and bad, for the data tests."""
+"""Builders of small on-disk corpora, good and bad, for the data tests, and the check that a
+prepared folder holds exactly the documents its manifest says were kept."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tokenizers import Tokenizer
+
+from conftest import read_split
+from raylm.config import load_config
+from raylm.data.clean import clean_texts
+from raylm.data.filters import apply_quality_filters
+from raylm.data.formats import read_documents
+from raylm.data.sources import list_sources
 
 
 def write_jsonl(path: Path, rows: list, raw_lines: list[bytes] = ()) -> Path:
@@ -76,3 +87,69 @@ def bad_input_corpus(folder: Path) -> dict[str, int]:
         "missing_text_column": 4,
         "corrupt_parquet": 1,
     }
+
+
+def kept_documents(output: Path, manifest: dict) -> list[str]:
+    """The kept texts, recomputed without Ray: read, clean, filter, minus the rejected ledger."""
+    config = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(manifest["config"])])
+    data = config.data
+    rejected = pq.read_table(output / "rejected") if (output / "rejected").exists() else pa.table({"file": [], "index": []})
+    dropped = set(zip(rejected.column("file").to_pylist(), rejected.column("index").to_pylist()))
+    separator = re.compile(data.document_separator) if data.document_separator else None
+    texts = []
+    for source in list_sources(data).files:
+        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding):
+            if reason or (source.path, index) in dropped:
+                continue
+            cleaned = clean_texts(pa.array([text]), data.clean)[0].as_py()
+            result = apply_quality_filters(cleaned, source.kind, data.filters)
+            assert result.reason is None, f"{source.path}#{index} kept by prepare but dropped here"
+            texts.append(result.text)
+    return texts
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and key not in ("max_top_ngram_chars_fraction", "max_duplicate_ngram_chars_fraction"):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def assert_shards_hold_the_kept_documents(output: Path, manifest: dict) -> None:
+    """Tokens written = kept documents' tokens + one separator each, and every document that lies
+    whole inside a shard decodes back to exactly one kept document. A batch's shard holds whole
+    windows of that batch's documents and its leftover goes to the tail shard, so only documents
+    that end in the tail, or in the unwritten last partial window, are not found whole."""
+    tokenizer = Tokenizer.from_file(str(output / "tokenizer.json"))
+    eos = manifest["tokenizer"]["eos_id"]
+    texts = kept_documents(output, manifest)
+    encoded = [tuple(e.ids) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    assert sum(len(ids) + 1 for ids in encoded) == sum(s["tokens"] for s in manifest["splits"].values())
+    assert sum(s["documents"] for s in manifest["splits"].values()) == len(texts) == manifest["documents"]["kept"]
+    unmatched = Counter(encoded)
+    window = manifest["seq_len"] + 1
+    ending_in_the_tail = 0
+    for split, stats in manifest["splits"].items():
+        shards = read_split(output, manifest, split)
+        assert sum(len(rows) for rows in shards) == stats["sequences"]
+        assert stats["sequences"] * window + stats["tokens_not_written"] == stats["tokens"]
+        assert 0 <= stats["tokens_not_written"] < window
+        for name, rows in zip(stats["shards"], shards):
+            assert all(len(row) == window for row in rows)
+            if name.endswith("part-tail.parquet"):  # leftovers of many batches: fragments, not whole documents
+                ending_in_the_tail += sum(row.count(eos) for row in rows)
+                continue
+            stream = [token for row in rows for token in row]
+            whole = []
+            for token in stream:
+                if token == eos:
+                    segment = tuple(whole)
+                    assert unmatched[segment] > 0, f"{name} holds a document that was not kept"
+                    unmatched[segment] -= 1
+                    assert tokenizer.decode(list(segment)) in texts
+                    whole = []
+                else:
+                    whole.append(token)
+    unwritten = sum(s["tokens_not_written"] for s in manifest["splits"].values())
+    assert sum(unmatched.values()) <= ending_in_the_tail + unwritten

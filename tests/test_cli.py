@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from corpus_kit import assert_shards_hold_the_kept_documents
+
 ROOT = Path(__file__).resolve().parents[1]
 RAYLM = [sys.executable, "-m", "raylm"]
 
@@ -85,6 +87,7 @@ def test_killed_run_leaves_no_dataset_and_the_job_entrypoint_reruns_it(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["documents"]["read"] == manifest["documents"]["kept"] == 200
+    assert_shards_hold_the_kept_documents(tmp_path / "out", manifest)  # each document once: nothing lost or doubled
     assert not list(tmp_path.glob(".out.*"))
     assert "prepare: wrote" in result.stdout
 

@@ -14,78 +14,14 @@ import pytest
 from tokenizers import Tokenizer
 
 from conftest import read_split, shared_file
-from corpus_kit import MIXED_NEWLINES, bad_input_corpus, write_jsonl
+from corpus_kit import MIXED_NEWLINES, assert_shards_hold_the_kept_documents, bad_input_corpus, write_jsonl
 from raylm.config import load_config
-from raylm.data.clean import clean_texts
-from raylm.data.filters import apply_quality_filters
-from raylm.data.formats import read_documents
 from raylm.data.prepare import _log_summary
 from raylm.data.sources import list_sources
 from raylm.errors import RaylmError
 
 pytestmark = pytest.mark.timeout(300)  # a starved Ray Data pipeline hangs silently: fail instead
 WIKI_ARTICLE = r"\n(?= = [^=].* = \n)"  # WikiText: an article starts at a ' = Title = ' line
-
-
-def kept_documents(output: Path, manifest: dict) -> list[str]:
-    """The kept texts, recomputed without Ray: read, clean, filter, minus the rejected ledger."""
-    config = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(manifest["config"])])
-    data = config.data
-    rejected = pq.read_table(output / "rejected") if (output / "rejected").exists() else pa.table({"file": [], "index": []})
-    dropped = set(zip(rejected.column("file").to_pylist(), rejected.column("index").to_pylist()))
-    separator = re.compile(data.document_separator) if data.document_separator else None
-    texts = []
-    for source in list_sources(data).files:
-        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding):
-            if reason or (source.path, index) in dropped:
-                continue
-            cleaned = clean_texts(pa.array([text]), data.clean)[0].as_py()
-            result = apply_quality_filters(cleaned, source.kind, data.filters)
-            assert result.reason is None, f"{source.path}#{index} kept by prepare but dropped here"
-            texts.append(result.text)
-    return texts
-
-
-def _flatten(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("max_top_ngram_chars_fraction", "max_duplicate_ngram_chars_fraction"):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
-def assert_shards_hold_the_kept_documents(output: Path, manifest: dict) -> None:
-    """Tokens written = kept documents' tokens + one separator each, and every document that lies
-    whole inside a shard decodes back to exactly one kept document."""
-    tokenizer = Tokenizer.from_file(str(output / "tokenizer.json"))
-    eos = manifest["tokenizer"]["eos_id"]
-    texts = kept_documents(output, manifest)
-    encoded = [tuple(e.ids) for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-    assert sum(len(ids) + 1 for ids in encoded) == sum(s["tokens"] for s in manifest["splits"].values())
-    assert sum(s["documents"] for s in manifest["splits"].values()) == len(texts) == manifest["documents"]["kept"]
-    unmatched = Counter(encoded)
-    window = manifest["seq_len"] + 1
-    for split, stats in manifest["splits"].items():
-        shards = read_split(output, manifest, split)
-        assert sum(len(rows) for rows in shards) == stats["sequences"]
-        assert stats["sequences"] * window + stats["tokens_not_written"] == stats["tokens"]
-        assert 0 <= stats["tokens_not_written"] < window
-        for name, rows in zip(stats["shards"], shards):
-            assert all(len(row) == window for row in rows)
-            if name.endswith("part-tail.parquet"):
-                continue  # leftovers of many batches: fragments, not whole documents
-            stream = [token for row in rows for token in row]
-            whole = []
-            for token in stream:
-                if token == eos:
-                    segment = tuple(whole)
-                    assert unmatched[segment] > 0, f"{name} holds a document that was not kept"
-                    unmatched[segment] -= 1
-                    assert tokenizer.decode(list(segment)) in texts
-                    whole = []
-                else:
-                    whole.append(token)
-    assert sum(unmatched.values()) <= 0.1 * len(texts) + 10  # only documents cut by a shard's end
 
 
 def test_stdlib_corpus_round_trip(run_prepare, tmp_path):
@@ -181,9 +117,6 @@ def test_same_input_same_split_and_a_given_tokenizer_streams(run_prepare, tmp_pa
     assert sum(second["documents"]["kept_per_split"].values()) - first["documents"]["kept"] == exact_dups
     assert second["tokenizer"]["sha256"] == first["tokenizer"]["sha256"] and not second["tokenizer"]["trained"]
     assert "read_clean_filter_tokenize_pack_write" in second["phases_seconds"]  # one streaming pass
-    third = run_prepare(*common, output=tmp_path / "third")
-    assert third["documents"] == first["documents"] and third["splits"] == first["splits"]
-    assert third["tokenizer"]["sha256"] == first["tokenizer"]["sha256"]
 
 
 def test_nothing_left_is_an_error_and_publishes_nothing(run_prepare, tmp_path):
@@ -195,17 +128,22 @@ def test_nothing_left_is_an_error_and_publishes_nothing(run_prepare, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["corpus"]  # no staging folder left behind
 
 
-def test_rerun_replaces_the_output_in_one_step(run_prepare, tmp_path):
+def test_a_rerun_gives_the_same_dataset_and_replaces_the_output_in_one_step(run_prepare, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for i in range(20):
-        (corpus / f"{i}.md").write_text(f"Document number {i}. " * 30)
-    args = [f"data.sources=[{corpus}]", "data.filters.profile=none", "data.batch_size=4", "data.split.val=0", "data.split.test=0"]
+    for i in range(40):
+        (corpus / f"{i}.md").write_text((f"Document number {i}. " if i % 8 else "A repeated document. ") * 30)
+    args = [f"data.sources=[{corpus}]", "data.filters.profile=none", "data.batch_size=4", "data.split.val=0.2",
+            "data.split.test=0.2", "data.dedup.near=false"]
     first = run_prepare(*args)
     stale = tmp_path / "prepared" / "train" / "part-stale.parquet"
     stale.write_bytes(b"left by an older run")
-    second = run_prepare(*args, "data.seq_len=32")
+    second = run_prepare(*args)
+    assert second["documents"] == first["documents"] and second["splits"] == first["splits"]
+    assert second["tokenizer"]["sha256"] == first["tokenizer"]["sha256"]
+    assert all(first["documents"]["kept_per_split"].values()) and first["dedup"]["exact"] == 4
     written = {str(p.relative_to(tmp_path / "prepared")) for p in (tmp_path / "prepared").rglob("*.parquet")}
-    assert written == set(second["splits"]["train"]["shards"])  # old files gone, every file listed
-    assert len(second["splits"]["train"]["shards"]) > 2 and first["seq_len"] == 64
+    shards = [shard for split in second["splits"].values() for shard in split["shards"]]
+    assert written == set(shards) | {p for p in written if p.startswith("rejected/")}  # old files gone, every file listed
+    assert len(second["splits"]["train"]["shards"]) > 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "prepared"]
