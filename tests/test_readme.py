@@ -59,6 +59,14 @@ def test_the_readme_shows_the_commands_this_file_runs():
     assert "make demo\nmake test" in README
 
 
+def test_the_faults_and_bad_input_table_names_tests_that_exist():
+    table = README.split("## Faults and bad input")[1].split("\n## ")[0]
+    named = re.findall(r"`(test_\w+)::(test_\w+)`", table)
+    assert len(named) >= 15
+    for module, test in named:
+        assert re.search(rf"^def {test}\(", (ROOT / "tests" / f"{module}.py").read_text(), re.M), f"{module}::{test}"
+
+
 @pytest.mark.timeout(300)
 def test_local_sources_command(user_folder):
     """Through the `raylm` console script, as a user types it (the commands below run in process)."""
