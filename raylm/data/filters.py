@@ -64,7 +64,7 @@ def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> Filter
         raise ValueError(f"document kind must be 'code' or 'text', not {kind!r}")
     if not text or text.isspace():
         return FilterResult(text, "empty", 0)
-    if config.max_word_chars and len(text) > config.max_word_chars and max(map(len, text.split())) > config.max_word_chars:
+    if _has_a_word_longer_than(text, config.max_word_chars):
         return FilterResult(text, "word_too_long", 0)
     profile = config.profile
     if profile == "auto":
@@ -206,6 +206,11 @@ def _code_reason(text: str, rules: CodeRules) -> str | None:
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+
+def _has_a_word_longer_than(text: str, limit: int) -> bool:
+    """Whether a run of non-space characters is longer than limit (0: no limit)."""
+    return 0 < limit < len(text) and max(map(len, text.split())) > limit
 
 
 def _repeats(units: Sequence[str]) -> tuple[int, int]:
