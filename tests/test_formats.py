@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from corpus_kit import BLOB_LINE, DECIDED_AFTER_READING, bad_input_corpus, write_jsonl
+from corpus_kit import BLOB_LINE, DECIDED_AFTER_READING, bad_input_corpus, write_jsonl, write_parquet
 from raylm.config import CleanConfig, DataConfig, FiltersConfig
 from raylm.data.clean import clean_texts
 from raylm.data.filters import apply_quality_filters
@@ -68,6 +68,20 @@ def test_a_50_mb_line_is_read_cleaned_and_dropped_as_one_word(tmp_path):
         ("blob.jsonl", len(BLOB_LINE), ""), ("blob.jsonl", 9, ""), ("blob.txt", len(BLOB_LINE), "")]
     cleaned = clean_texts(pa.array([docs[0][2]]), CleanConfig())[0].as_py()
     assert apply_quality_filters(cleaned, "text", FiltersConfig(profile="none")).reason == "word_too_long"
+
+
+def test_a_file_that_vanishes_after_listing_is_counted_as_unreadable(tmp_path):
+    (tmp_path / "stays.txt").write_text("here")
+    for name in ("gone.txt", "gone.json"):
+        (tmp_path / name).write_text(json.dumps([{"text": "soon gone"}]))
+    write_jsonl(tmp_path / "gone.jsonl", [{"text": "soon gone"}])
+    write_parquet(tmp_path / "gone.parquet", pa.table({"text": ["soon gone"]}))
+    files = list_sources(DataConfig(sources=[str(tmp_path)])).files
+    for path in tmp_path.glob("gone.*"):
+        path.unlink()
+    read = {f.key: list(read_documents(f, "text", None)) for f in files}
+    assert read == {"stays.txt": [(0, "here", "")], **{f"gone.{ext}": [(0, "", "unreadable_file")]
+                                                        for ext in ("txt", "json", "jsonl", "parquet")}}
 
 
 def test_partial_files_keep_what_was_readable(tmp_path):

@@ -156,15 +156,16 @@ def _json_lines(lines: Iterator[bytes | str], field: str, fallback_encoding: str
 
 
 def _parquet(file: SourceFile, field: str) -> Iterator[Document]:
+    if file.compressed:  # an OSError opening the file goes to read_documents: unreadable, not corrupt
+        data, broken = _read_all(file)
+        if broken:
+            yield 0, "", broken
+            return
+        source = pa.BufferReader(data)
+    else:
+        source = storage.open_input(file.path, seekable=True)
     try:
-        if file.compressed:
-            data, broken = _read_all(file)
-            if broken:
-                yield 0, "", broken
-                return
-            parquet = pq.ParquetFile(pa.BufferReader(data))
-        else:
-            parquet = pq.ParquetFile(storage.open_input(file.path, seekable=True))
+        parquet = pq.ParquetFile(source)
     except (pa.ArrowException, OSError, ValueError):
         yield 0, "", "corrupt_parquet"
         return
