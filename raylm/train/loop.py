@@ -98,7 +98,7 @@ def train_loop_per_worker(payload: dict) -> None:
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = GPT(config.model).to(device)
     flops_per_token = model.flops_per_token(seq_len)
-    checkpoint = _resume_point(run_dir, warn=say if rank == 0 else None)
+    checkpoint = _resume_point(run_dir, warn=say)
     if checkpoint is None and payload["init_checkpoint"]:
         _load_initial_weights(model, payload["init_checkpoint"])
     if config.finetune.method == "lora":
