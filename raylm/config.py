@@ -94,8 +94,9 @@ class CodeRules(StrictModel):
 class FiltersConfig(StrictModel):
     profile: Literal["auto", "web", "code", "none"] = Field(
         "auto",
-        description="Quality rules: 'web' (Gopher + C4), 'code', 'none', or 'auto' (code rules for "
-        "source-code files, web rules for the rest). Empty documents are always dropped.",
+        description="Quality rules: 'web' (Gopher + C4), 'code', 'none', or 'auto': code rules for source-code "
+        "files, web rules for records (JSON Lines, JSON, Parquet: how web crawls ship), and for plain-text files "
+        "(books, articles, notes) only the rules every profile applies. Empty documents are always dropped.",
     )
     max_word_chars: int = Field(
         1000, ge=0,
@@ -116,9 +117,20 @@ class DedupConfig(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    val: float = Field(0.01, ge=0, lt=1, description="Fraction of documents assigned to val, by a hash of the document id.")
-    test: float = Field(0.01, ge=0, lt=1, description="Fraction of documents assigned to test, by a hash of the document id.")
+    val: float = Field(
+        0.01, ge=0, lt=1,
+        description="Fraction of documents assigned to val, by a hash of the document id; when above 0 and "
+        "the corpus has at least two documents (or parts), val gets at least one.")
+    test: float = Field(
+        0.01, ge=0, lt=1,
+        description="Fraction of documents assigned to test, by a hash of the document id; when above 0 and "
+        "the corpus has at least three documents (or parts), test gets at least one.")
     seed: int = Field(0, description="Salt of the split hash: change it to draw a different split.")
+    part_chars: int = Field(
+        65_536, ge=0,
+        description="A plain-text document longer than this many characters (a book, a dump) is cut at paragraph "
+        "boundaries into parts of about this size before dedup and the split, so that one large file still gives "
+        "train and held-out text. 0: never cut. Code files and records are not cut.")
 
     @model_validator(mode="after")
     def _leave_some_train(self) -> "SplitConfig":
@@ -249,8 +261,14 @@ class TrainConfig(StrictModel):
     tokens_per_step: int | None = Field(None, ge=1, description="Global tokens per optimizer step; gradient accumulation makes up the difference (default: one micro-step).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr_ratio: Fraction = Field(0.1, description="Final learning rate as a fraction of lr.")
-    schedule: Literal["cosine", "wsd"] = Field("cosine", description="Warmup then cosine decay, or warmup-stable-decay.")
-    warmup_steps: int = Field(100, ge=0, description="Linear warmup steps.")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine",
+        description="Warmup then cosine decay, or warmup-stable-decay, over the run's progress: the share of its "
+        "budget spent (steps, tokens or, with max_minutes, training time, whichever runs out first).")
+    warmup_steps: int = Field(
+        100, ge=0,
+        description="Linear warmup steps; warmup also ends once 10% of the run's budget (max_steps, max_tokens or "
+        "max_minutes) is spent, so a short run does not spend itself warming up.")
     decay_fraction: Fraction = Field(0.2, description="WSD: fraction of the steps spent decaying at the end.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not applied to norms and embeddings).")
     beta1: Fraction = Field(0.9, description="AdamW beta1.")
@@ -258,7 +276,8 @@ class TrainConfig(StrictModel):
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
     max_steps: int = Field(1000, ge=1, description="Stop after this many optimizer steps (the schedule spans them).")
     max_tokens: int | None = Field(None, ge=1, description="Stop after this many training tokens (all workers).")
-    max_minutes: float | None = Field(None, gt=0, description="Stop after this much training wall time.")
+    max_minutes: float | None = Field(
+        None, gt=0, description="Stop after this much training wall time; the schedule then decays as the time runs out.")
     log_every: int = Field(10, ge=1, description="Steps between metric lines (console, metrics.jsonl, TensorBoard).")
     eval_every: int = Field(100, ge=1, description="Steps between validations (and at the end).")
     eval_batches: int | None = Field(None, ge=1, description="Validation batches per worker (default: the whole val split).")

@@ -98,7 +98,8 @@ def kept_documents(output: Path, manifest: dict) -> list[str]:
     separator = re.compile(data.document_separator) if data.document_separator else None
     texts = []
     for source in list_sources(data).files:
-        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding):
+        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding,
+                                                  data.split.part_chars):
             if reason or (source.path, index) in dropped:
                 continue
             cleaned = clean_texts(pa.array([text]), data.clean)[0].as_py()

@@ -306,10 +306,14 @@ def test_only_the_first_five_lines_can_mark_a_file_generated():
 def test_auto_profile_picks_the_rules_by_kind():
     auto = FiltersConfig(profile="auto")
     assert apply_quality_filters(PYTHON_FILE, "code", auto).reason is None
-    assert apply_quality_filters(PYTHON_FILE, "text", auto).reason.startswith(("web_", "c4_"))
-    assert apply_quality_filters(PROSE, "text", auto).reason is None
-    assert apply_quality_filters(LONG_STRINGS, "text", auto).reason.startswith(("web_", "c4_"))
+    assert apply_quality_filters(PYTHON_FILE, "record", auto).reason.startswith(("web_", "c4_"))
+    assert apply_quality_filters(PROSE, "record", auto).reason is None
+    assert apply_quality_filters(LONG_STRINGS, "record", auto).reason.startswith(("web_", "c4_"))
     assert apply_quality_filters(LONG_STRINGS, "code", auto).reason == "code_mean_line_length"
+    # Plain text (a book's paragraphs, short notes) keeps what the web rules would drop.
+    for text in (LONG_STRINGS, "A short note.", "ROMEO:\nIs the day so young?"):
+        assert apply_quality_filters(text, "record", auto).reason is not None
+        assert apply_quality_filters(text, "text", auto) == FilterResult(text, None, 0)
 
 
 def test_web_and_code_profiles_apply_to_every_kind():
@@ -319,7 +323,7 @@ def test_web_and_code_profiles_apply_to_every_kind():
     assert apply_quality_filters(one_line, "text", code()).reason == "code_mean_line_length"
 
 
-@pytest.mark.parametrize("kind", ["code", "text"])
+@pytest.mark.parametrize("kind", ["code", "text", "record"])
 def test_none_profile_keeps_every_non_empty_document(kind):
     none = FiltersConfig(profile="none")
     for text in (PYTHON_FILE, PROSE, "x", "{" * 1000, "Lorem ipsum."):
@@ -327,7 +331,7 @@ def test_none_profile_keeps_every_non_empty_document(kind):
 
 
 @pytest.mark.parametrize("profile", ["auto", "web", "code", "none"])
-@pytest.mark.parametrize("kind", ["code", "text"])
+@pytest.mark.parametrize("kind", ["code", "text", "record"])
 @pytest.mark.parametrize("text", ["", " ", "\n\n", " \t\r\n \u00a0\u3000 "])
 def test_empty_and_whitespace_documents_are_dropped_in_every_profile(profile, kind, text):
     assert apply_quality_filters(text, kind, FiltersConfig(profile=profile)) == FilterResult(text, "empty", 0)
@@ -388,3 +392,39 @@ def test_wikitext_articles_get_sane_verdicts():
     for article, result in zip(articles, results):
         if result.reason is not None:
             assert result.text == article and result.lines_removed == 0
+
+
+def test_a_book_in_paragraphs_keeps_its_text_by_default_and_a_heavy_web_drop_is_announced():
+    """Tiny Shakespeare cut at blank lines: 7,222 speeches, most too short for the web rules."""
+    from raylm.data.prepare import _heavy_filtering
+
+    book = Path(WIKITEXT_VALID.parent / "tinyshakespeare.txt")
+    if not book.exists():
+        pytest.skip(f"{book} is absent")
+    speeches = [s for s in book.read_text(encoding="utf-8").split("\n\n") if s.strip()]
+    total = sum(len(s.encode()) for s in speeches)
+
+    def bytes_by_reason(profile: str) -> tuple[dict[str, int], int, int]:
+        dropped, kept, cut = {}, 0, 0
+        for speech in speeches:
+            result = apply_quality_filters(speech, "text", FiltersConfig(profile=profile))
+            if result.reason:
+                dropped[result.reason] = dropped.get(result.reason, 0) + len(speech.encode())
+            else:
+                kept += len(result.text.encode())
+                cut += len(speech.encode()) - len(result.text.encode())
+        return dropped, kept, cut
+
+    def summary(profile: str) -> str | None:
+        dropped, kept, cut = bytes_by_reason(profile)
+        return _heavy_filtering({"documents": {"dropped_bytes": dropped}, "lines_removed_bytes": cut,
+                                 "splits": {"train": {"bytes": kept}}, "config": {"data": {"filters": {"profile": profile}}}})
+
+    assert bytes_by_reason("auto")[1] == total and summary("auto") is None
+    dropped, kept, _ = bytes_by_reason("web")
+    assert kept < 0.1 * total and max(dropped, key=dropped.get) == "web_too_few_words"
+    line = summary("web")
+    assert re.fullmatch(r"prepare: the quality filters dropped 9\d% of the text \(1\.\d\d of 1\.\d\d MB: "
+                        r"web_too_few_words \d+%, .*\); data\.filters\.profile=none keeps it \(now 'web'; 'auto' applies "
+                        r"the web rules to records only\), or loosen data\.filters\.web\.\* / data\.filters\.code\.\*", line), line
+

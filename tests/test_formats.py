@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 from collections import Counter
@@ -15,7 +16,7 @@ from corpus_kit import BLOB_LINE, DECIDED_AFTER_READING, bad_input_corpus, write
 from raylm.config import CleanConfig, DataConfig, FiltersConfig
 from raylm.data.clean import clean_texts
 from raylm.data.filters import apply_quality_filters
-from raylm.data.formats import read_documents
+from raylm.data.formats import cut_into_parts, read_documents
 from raylm.data.sources import SourceFile, list_sources
 from raylm.errors import RaylmError
 
@@ -26,7 +27,8 @@ def docs_of(folder, **config) -> list[tuple[str, int, str, str]]:
     return [
         (f.key, index, text, reason)
         for f in list_sources(data).files
-        for index, text, reason in read_documents(f, data.text_field, separator, data.fallback_encoding)
+        for index, text, reason in read_documents(f, data.text_field, separator, data.fallback_encoding,
+                                                  data.split.part_chars)
     ]
 
 
@@ -111,6 +113,35 @@ def test_separator_splits_text_files_into_documents(tmp_path):
     path.write_text("Chapter one.\n\n\n\nChapter two.\n\n\n\n   \n\n\n\nChapter three.")
     docs = docs_of(path, document_separator=r"\n{3,}")
     assert [(i, t) for _, i, t, _ in docs] == [(0, "Chapter one."), (1, "Chapter two."), (2, "Chapter three.")]
+
+
+def test_a_large_text_file_is_cut_at_paragraph_breaks_and_code_and_records_are_not(tmp_path):
+    text = "\n\n".join(f"Paragraph {i}: " + "word " * (i % 50 + 5) for i in range(3000)) + "\n"
+    (tmp_path / "book.txt").write_text(text)
+    (tmp_path / "module.py").write_text(text)
+    write_jsonl(tmp_path / "records.jsonl", [{"text": text}])
+    docs = docs_of(tmp_path, split={"part_chars": 20_000})
+    parts = [doc for key, _, doc, _ in docs if key == "book.txt"]
+    assert "".join(parts) == text and len(parts) >= len(text) // 20_000
+    assert all(len(part) <= 20_000 for part in parts) and all(part.endswith("\n\n") for part in parts[:-1])
+    assert min(map(len, parts)) > 20_000 / 2 - 300  # about equal parts, not a large run and a scrap
+    assert [index for key, index, _, _ in docs if key == "book.txt"] == list(range(len(parts)))
+    assert [doc for key, _, doc, _ in docs if key in ("module.py", "records.jsonl")] == [text, text]
+    assert [doc for key, _, doc, _ in docs_of(tmp_path, split={"part_chars": 0}) if key == "book.txt"] == [text]
+    # A separator's pieces are documents; those over the limit are cut further, numbered on.
+    pieces = docs_of(tmp_path, document_separator="Paragraph 1500: ", split={"part_chars": 20_000})
+    book = [doc for key, _, doc, _ in pieces if key == "book.txt"]
+    assert "".join(book) == text.replace("Paragraph 1500: ", "")
+    assert text.split("Paragraph 1500: ")[0] in itertools.accumulate(book)  # no document spans the separator
+
+
+def test_cut_points_prefer_paragraphs_then_lines_then_spaces_and_a_blob_stays_whole():
+    assert cut_into_parts("first para\n\nsecond\none here", 20) == ["first para\n\n", "second\none here"]
+    assert cut_into_parts("first line\nsecond one here", 20) == ["first line\n", "second one here"]
+    assert cut_into_parts("words and words and words", 12) == ["words ", "and words ", "and words"]
+    blob = "QUJD" * 10_000
+    assert cut_into_parts(blob, 1000) == [blob]
+    assert cut_into_parts(blob + " tail", 1000) == [blob + " ", "tail"]
 
 
 def test_text_field_gz_json_lines_and_json_that_is_really_json_lines(tmp_path):

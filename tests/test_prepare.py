@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import read_split, shared_file
+from conftest import read_split, shared_file, split_documents
 from corpus_kit import MIXED_NEWLINES, assert_shards_hold_the_kept_documents, bad_input_corpus, write_jsonl
 from raylm.config import load_config
 from raylm.data.prepare import _log_summary
@@ -47,7 +47,7 @@ def test_wikitext_with_held_out_sources_round_trip(run_prepare, tmp_path):
     valid, test = shared_file("wikitext2-valid.txt"), shared_file("wikitext2-test.txt")
     manifest = run_prepare(
         f"data.sources=[{valid}]", f"data.test_sources=[{test}]", f"data.document_separator={json.dumps(WIKI_ARTICLE)}",
-        "data.filters.profile=web", "data.split.val=0.2", "data.split.test=0", "data.dedup.near=false",
+        "data.filters.profile=web", "data.split.val=0.2", "data.split.test=0", "data.dedup.near=false", "data.split.part_chars=0",
     )
     articles = sum(len(re.findall(r"^ = [^=].* = $", p.read_text(), re.M)) for p in (valid, test))
     docs = manifest["documents"]
@@ -56,6 +56,19 @@ def test_wikitext_with_held_out_sources_round_trip(run_prepare, tmp_path):
     assert docs["kept_per_split"]["test"] > 0 and docs["kept_per_split"]["val"] > 0
     assert manifest["splits"]["test"]["bytes"] < test.stat().st_size
     assert_shards_hold_the_kept_documents(tmp_path / "prepared", manifest)
+    # What the rules took is counted in bytes too: each dropped document's text, and the lines C4 cut.
+    assert set(docs["dropped_bytes"]) == set(docs["dropped"]) and manifest["lines_removed_bytes"] > 0
+    assert all(docs["dropped_bytes"][reason] > 100 * n for reason, n in docs["dropped"].items() if reason != "empty")
+
+
+def test_one_wikipedia_file_prepares_with_defaults_into_train_val_and_test_that_share_no_text(run_prepare, tmp_path):
+    manifest = run_prepare(f"data.sources=[{shared_file('wikitext2-valid.txt')}]")  # every split and filter default
+    kept, output = manifest["documents"]["kept_per_split"], tmp_path / "prepared"
+    assert manifest["documents"]["dropped"] == {} and kept["train"] > 10 and kept["val"] >= 1 and kept["test"] >= 1
+    train = "\n".join(split_documents(output, manifest, "train"))
+    held_out = [line for split in ("val", "test") for doc in split_documents(output, manifest, split)
+                for line in doc.split("\n") if len(line) >= 200]
+    assert len(held_out) > 20 and not [line for line in held_out if line in train]
 
 
 def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
@@ -103,11 +116,12 @@ def test_planted_exact_and_near_duplicates_are_removed(run_prepare, tmp_path):
     assert manifest["documents"]["kept_per_split"] == {"train": 29, "val": 11, "test": 0}
 
 
-def test_same_input_same_split_and_a_given_tokenizer_streams(run_prepare, tmp_path):
+def test_same_input_same_split_and_a_given_tokenizer_streams(run_prepare, tmp_path, monkeypatch):
     corpus = shared_file("tinyshakespeare.txt")
     common = [f"data.sources=[{corpus}]", r"data.document_separator='\n\n'", "data.filters.profile=none",
               "data.split.val=0.1", "data.split.test=0.1", "data.dedup.near=false"]
     first = run_prepare(*common, output=tmp_path / "first")
+    monkeypatch.setattr("raylm.data.prepare.STREAM_MIN_BYTES", 0)  # streams above it when one pass suffices
     second = run_prepare(*common, "data.dedup.exact=false", f"data.tokenizer.path={tmp_path / 'first' / 'tokenizer.json'}",
                          output=tmp_path / "second")
     exact_dups = first["dedup"]["exact"]

@@ -150,7 +150,8 @@ def find_duplicates(docs: Dataset, partitions: int) -> Dataset:
 
 
 def mark_duplicates(docs: Dataset, removed: Dataset, partitions: int) -> Dataset:
-    """Docs with `reason` set to the dedup reason (and text dropped) where they were removed."""
+    """Docs with `reason` set to the dedup reason (and text dropped, its size in `dropped_bytes`)
+    where they were removed."""
 
     def mark(batch: pa.Table) -> pa.Table:
         if "code" not in batch.column_names:  # joined with an empty partition of `removed`
@@ -161,8 +162,10 @@ def mark_duplicates(docs: Dataset, removed: Dataset, partitions: int) -> Dataset
             removed_here, pc.take(pa.array(REASONS), pc.fill_null(code, 0)), batch.column("reason")
         )
         text = pc.if_else(removed_here, "", batch.column("text"))
-        batch = batch.drop_columns(["code", "reason", "text"])
-        return batch.append_column("reason", reason).append_column("text", text)
+        dropped_bytes = pc.if_else(removed_here, pc.cast(pc.binary_length(batch.column("text")), pa.int64()),
+                                   batch.column("dropped_bytes"))
+        batch = batch.drop_columns(["code", "reason", "text", "dropped_bytes"])
+        return batch.append_column("reason", reason).append_column("text", text).append_column("dropped_bytes", dropped_bytes)
 
     slim = docs.drop_columns(["buckets", "bucket_codes"])
     return slim.join(removed, "left_outer", num_partitions=partitions, on=("order",)).map_batches(

@@ -54,21 +54,24 @@ class FilterResult:
     lines_removed: int  # lines removed by C4 line rules (0 otherwise)
 
 
+AUTO_PROFILE = {"code": "code", "record": "web", "text": "none"}
+
+
 def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> FilterResult:
-    """kind is 'code' (a source-code file) or 'text'. config.profile picks the rules:
-    'none' -> no rules; 'web' -> web rules for every doc; 'code' -> code rules for every doc;
-    'auto' -> code rules when kind == 'code', web rules otherwise. Every profile drops a document
-    that is empty or whitespace-only (also after C4 line removal) with reason 'empty', and one with
-    a word (a run of non-space characters) longer than config.max_word_chars as 'word_too_long'."""
-    if kind not in ("code", "text"):
-        raise ValueError(f"document kind must be 'code' or 'text', not {kind!r}")
+    """kind is 'code' (a source-code file), 'record' (a JSON/Parquet record) or 'text' (a plain-text
+    file or a piece of one). config.profile picks the rules: 'none' -> no rules; 'web' -> web rules
+    for every doc; 'code' -> code rules for every doc; 'auto' -> code rules for code, web rules for
+    records, none for plain text: the web rules are tuned on crawled pages and would throw away most
+    of a book cut into paragraphs or a folder of short notes. Every profile drops a document that is
+    empty or whitespace-only (also after C4 line removal) with reason 'empty', and one with a word
+    (a run of non-space characters) longer than config.max_word_chars as 'word_too_long'."""
+    if kind not in AUTO_PROFILE:
+        raise ValueError(f"document kind must be one of {', '.join(map(repr, AUTO_PROFILE))}, not {kind!r}")
     if not text or text.isspace():
         return FilterResult(text, "empty", 0)
     if _has_a_word_longer_than(text, config.max_word_chars):
         return FilterResult(text, "word_too_long", 0)
-    profile = config.profile
-    if profile == "auto":
-        profile = "code" if kind == "code" else "web"
+    profile = AUTO_PROFILE[kind] if config.profile == "auto" else config.profile
     if profile == "web":
         return _apply_web_rules(text, config.web)
     reason = _code_reason(text, config.code) if profile == "code" else None

@@ -24,12 +24,14 @@ from raylm.data.sources import SourceFile
 
 Document = tuple[int, str, str]  # (index in file, text, drop reason); text is "" when dropped
 BINARY_SNIFF_BYTES = 8192
-GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")  # a blank (or whitespace-only) line
 
 
 def read_documents(file: SourceFile, text_field: str, separator: re.Pattern | None,
-                   fallback_encoding: str | None = None) -> Iterator[Document]:
-    """fallback_encoding decodes text that is not UTF-8 (e.g. Latin-1); None drops it as invalid_utf8."""
+                   fallback_encoding: str | None = None, part_chars: int = 0) -> Iterator[Document]:
+    """fallback_encoding decodes text that is not UTF-8 (e.g. Latin-1); None drops it as invalid_utf8.
+    A plain-text document (file, or piece cut by the separator) longer than part_chars (0: no limit)
+    comes out as parts of about that size, cut at paragraph breaks; code and records are not cut."""
     if file.size == 0:
         yield 0, "", "empty_file"
         return
@@ -45,7 +47,7 @@ def read_documents(file: SourceFile, text_field: str, separator: re.Pattern | No
             elif file.format == "json":
                 yield from _json_document(data, text_field, fallback_encoding)
             else:
-                yield from _text(data, separator, fallback_encoding)
+                yield from _text(data, separator, fallback_encoding, part_chars if file.kind == "text" else 0)
     except OSError:  # vanished or unreadable mid-run: counted, not fatal
         yield 0, "", "unreadable_file"
 
@@ -84,13 +86,38 @@ def _utf8_or_fallback(data: bytes, fallback_encoding: str | None) -> tuple[str, 
     return "", "invalid_utf8"
 
 
-def _text(data: bytes, separator: re.Pattern | None, fallback_encoding: str | None) -> Iterator[Document]:
+def _text(data: bytes, separator: re.Pattern | None, fallback_encoding: str | None, part_chars: int) -> Iterator[Document]:
     text, reason = _decode(data, fallback_encoding)
-    if reason or separator is None:
+    if reason:
         yield 0, text, reason
         return
-    pieces = (piece for piece in separator.split(text) if piece and not piece.isspace())
-    yield from ((i, piece, "") for i, piece in enumerate(pieces))
+    pieces = (piece for piece in separator.split(text) if piece and not piece.isspace()) if separator else [text]
+    parts = (part for piece in pieces for part in cut_into_parts(piece, part_chars))
+    yield from ((i, part, "") for i, part in enumerate(parts))
+
+
+def cut_into_parts(text: str, part_chars: int) -> list[str]:
+    """Pieces of at most about part_chars characters (0: no limit) that join back into text, of
+    about equal size: each is cut after the last paragraph break in the second half of its span,
+    else after a line break, else after a space; a span with none of these grows to the next space
+    or line break, so a space-free blob stays whole (and is judged as one long word)."""
+    if not part_chars or len(text) <= part_chars:
+        return [text]
+    parts, start = [], 0
+    while len(text) - start > part_chars:
+        left = len(text) - start
+        target = -(-left // -(-left // part_chars))  # ceil(left / parts still needed)
+        low, high = start + target // 2, start + target
+        breaks = [match.end() for match in _PARAGRAPH_BREAK.finditer(text, low, high)]
+        found = breaks[-1] - 1 if breaks else max(text.rfind("\n", low, high), text.rfind(" ", low, high))
+        if found < 0:
+            found = min((i for i in (text.find("\n", high), text.find(" ", high)) if i >= 0), default=-1)
+            if found < 0:
+                break
+        parts.append(text[start : found + 1])
+        start = found + 1
+    parts.append(text[start:])
+    return parts
 
 
 def _text_of(item: object, field: str) -> tuple[str, str]:

@@ -12,7 +12,6 @@ import itertools
 import os
 import json
 import time
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +33,26 @@ def windows_table(stream: np.ndarray, window: int) -> pa.Table:
     """Full windows as a `tokens: fixed_size_list<uint16|uint32>[window]` column."""
     flat = pa.array(stream[: len(stream) // window * window])
     return pa.table({"tokens": pa.FixedSizeListArray.from_arrays(flat, window)})
+
+
+def windows_array(tokens: pa.ChunkedArray) -> np.ndarray:
+    """A `tokens` column of fixed-size windows as a (windows, window length) array."""
+    tokens = tokens.combine_chunks()
+    return tokens.flatten().to_numpy().reshape(len(tokens), tokens.type.list_size)
+
+
+def as_model_rows(table: pa.Table, block_size: int) -> pa.Table:
+    """A table of windows as a table of model rows (`model_rows`)."""
+    return windows_table(model_rows(windows_array(table.column("tokens")), block_size).reshape(-1), block_size + 1)
+
+
+def model_rows(windows: np.ndarray, block_size: int) -> np.ndarray:
+    """Windows of k * block_size + 1 tokens as rows of block_size + 1 that overlap by one token:
+    a row's inputs are block_size tokens and its targets the same shifted by one, so every token
+    a window predicts is predicted once, by a row of the model's context. A window is k rows."""
+    rows_per_window = (windows.shape[1] - 1) // block_size
+    starts = np.arange(rows_per_window) * block_size
+    return windows[:, starts[:, None] + np.arange(block_size + 1)].reshape(-1, block_size + 1)
 
 
 def write_table(table: pa.Table, path: str) -> None:
@@ -62,9 +81,12 @@ class TokenizeAndWrite:
         key = pc.min(batch.column("order")).as_py()
         kept = pc.equal(batch.column("reason"), "")
         rejected = batch.filter(pc.invert(kept))
+        by_reason = rejected.group_by("reason").aggregate([("reason", "count"), ("dropped_bytes", "sum")]).to_pylist()
         stats = {
-            "dropped": dict(Counter(rejected.column("reason").to_pylist())),
+            "dropped": {row["reason"]: row["reason_count"] for row in by_reason},
+            "dropped_bytes": {row["reason"]: row["dropped_bytes_sum"] for row in by_reason},
             "lines_removed": pc.sum(batch.column("lines_removed")).as_py() or 0,
+            "lines_removed_bytes": pc.sum(batch.filter(kept).column("dropped_bytes")).as_py() or 0,
             "splits": {},
             "shards": [],
         }

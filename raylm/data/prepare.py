@@ -13,9 +13,10 @@ one step at the end, so an interrupted run never leaves a dataset that looks com
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
+import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from ray.data import ActorPoolStrategy, Dataset
 
 from raylm import __version__, runtime, storage
 from raylm.config import Config, DataConfig, dump_config
-from raylm.data import dedup
+from raylm.data import dedup, splitting
 from raylm.data.clean import clean_texts
 from raylm.data.filters import apply_quality_filters
 from raylm.data.formats import read_documents
@@ -42,6 +43,10 @@ FORMAT_VERSION = "raylm.prepared/1"
 READ_CHUNK_DOCS = 4096
 READ_CHUNK_BYTES = 16 << 20
 READ_TASK_BYTES = 32 << 20  # input per read task: each task costs tens of ms, so not too many
+# Below this much input the documents are always materialized, for the census that balances the
+# split; above it a run that needs one pass (no dedup, a given tokenizer) streams, and hashing
+# alone fills every split (thousands of documents or parts).
+STREAM_MIN_BYTES = 64 << 20
 UPSTREAM_CPU_RESERVE = 0.5  # left free by the tokenizer actors so read/clean/filter tasks still run
 LIGHT_TASK_CPUS = 0.25  # fractional, so those tasks fit next to the actors on any machine
 
@@ -71,6 +76,43 @@ class StageClock:
         }
 
 
+class _LiveLine:
+    """While a phase runs, one console line redrawn twice a second with the stage's documents, MB,
+    MB/s and ETA, read from the StageClock. Only on a terminal and with the console as the log:
+    job logs and files get the phase's closing line instead, which the caller prints."""
+
+    def __init__(self, clock, stage: str, verb: str, total_bytes: int, log):
+        self.clock, self.stage, self.verb, self.total = clock, stage, verb, total_bytes
+        self.live = log is print and sys.stdout.isatty()
+        self.stopped = threading.Event()
+
+    def __enter__(self):
+        if self.live:
+            self.started = time.time()
+            self.thread = threading.Thread(target=self._redraw, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_):
+        if self.live:
+            self.stopped.set()
+            self.thread.join()
+            sys.stdout.write("\r\x1b[K")
+            sys.stdout.flush()
+
+    def _redraw(self) -> None:
+        while not self.stopped.wait(0.5):
+            done = ray.get(self.clock.report.remote()).get(self.stage)
+            if not done:
+                continue
+            elapsed = time.time() - self.started
+            rate = done["bytes"] / elapsed
+            eta = f" | ETA {max(0, self.total - done['bytes']) / rate:.0f}s" if rate and done["bytes"] < self.total else ""
+            sys.stdout.write(f"\r\x1b[Kprepare: {self.verb} {done['documents']:,} documents | "
+                             f"{done['bytes'] / 1e6:.1f} of {self.total / 1e6:.1f} MB | {rate / 1e6:.1f} MB/s{eta}")
+            sys.stdout.flush()
+
+
 def prepare(config: Config, address: str | None = None, num_cpus: int | None = None, log=print) -> dict:
     """Run the whole stage; return the manifest (also written as `manifest.json`).
 
@@ -83,39 +125,51 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
     output = storage.absolute(data.output)
     storage.check_writable(output)
     runtime.init_ray(address, num_cpus, dashboard=False)
-    log(f"prepare: {len(listing.files)} files, {sum(f.size for f in listing.files) / 1e6:.1f} MB -> {output}")
+    input_bytes = sum(f.size for f in listing.files)
+    log(f"prepare: {len(listing.files)} files, {input_bytes / 1e6:.1f} MB -> {output}")
 
     staging = storage.staging_folder(output)
     clock = StageClock.remote()
     phases: dict[str, float] = {}
     deduplicate = data.dedup.exact or data.dedup.near
+    moves: dict[int, str] = {}
     try:
         docs = _documents(listing, data, clock)
-        streaming = not deduplicate and tokenizer_json is not None  # one pass suffices
+        streaming = not deduplicate and tokenizer_json is not None and input_bytes >= STREAM_MIN_BYTES
         if not streaming:  # later steps need several passes over the documents
             mark = time.time()
-            docs = docs.materialize()
+            with _LiveLine(clock, "read", "reading", input_bytes, log):
+                docs = docs.materialize()
             phases["read_clean_filter"] = time.time() - mark
+            cut = data.split.part_chars and any(f.kind == "text" for f in listing.files)
+            log(f"prepare: read, cleaned and filtered {docs.count()} documents in {phases['read_clean_filter']:.1f}s"
+                + (f" (plain text in parts of up to {data.split.part_chars:,} characters)" if cut else ""))
         if deduplicate:
             docs = _deduplicate(docs, data, phases, log)
-        if tokenizer_json is None:
-            tokenizer_json = _train_tokenizer(docs, data, phases, log)
+        kept_bytes = input_bytes  # what the tokenize stage will see, for its progress line
+        if not streaming:
+            docs, found, moves = _balance_splits(docs, data, log)
+            train_bytes, kept_bytes = splitting.moved_bytes(found, moves)["train"], sum(found.kept_bytes.values())
+            if not kept_bytes or (tokenizer_json is None and not train_bytes):
+                raise RaylmError(splitting.nothing_to_train_on(found, data.sources))
+            if tokenizer_json is None:
+                tokenizer_json = _train_tokenizer(docs, data, train_bytes, phases, log)
         vocab_size, eos_id = vocabulary(tokenizer_json)
         dtype = token_dtype(vocab_size)
         storage.write_bytes(storage.join(staging, "tokenizer.json"), tokenizer_json.encode())
 
         mark = time.time()
-        batch_stats = _tokenize_and_write(docs, data, tokenizer_json, dtype, staging, clock)
+        with _LiveLine(clock, "tokenize_pack_write", "tokenizing", kept_bytes, log):
+            batch_stats = _tokenize_and_write(docs, data, tokenizer_json, dtype, staging, clock)
         totals, tails = ray.get(_finish_batches.remote(batch_stats, data.seq_len, staging, dtype))
         phases[("read_clean_filter_" if streaming else "") + "tokenize_pack_write"] = time.time() - mark
-        kept = sum(split["documents"] for split in totals["splits"].values())
+        kept = sum(split_totals["documents"] for split_totals in totals["splits"].values())
         if kept == 0:
-            raise RaylmError(
-                f"no documents left in {data.sources} after cleaning, filtering and dedup "
-                f"(dropped: {dict(totals['dropped'])}); nothing was written"
-            )
+            top = totals["dropped"].most_common(1)
+            raise RaylmError(f"no documents left in {data.sources} after cleaning, filtering and dedup (dropped: "
+                             f"{dict(totals['dropped'])}){f'; see {splitting.fix_for(top[0][0])}' if top else ''}")
 
-        manifest = _manifest(config, listing, totals, tails, tokenizer_json, (vocab_size, eos_id), dtype, output)
+        manifest = _manifest(config, listing, totals, tails, tokenizer_json, (vocab_size, eos_id), dtype, output, moves)
         manifest["stages"] = ray.get(clock.report.remote())
         manifest["phases_seconds"] = {name: round(seconds, 3) for name, seconds in phases.items()}
         manifest["wall_seconds"] = round(time.time() - started, 3)
@@ -163,13 +217,24 @@ def _deduplicate(docs: Dataset, data: DataConfig, phases: dict, log) -> Dataset:
     return docs
 
 
-def _train_tokenizer(docs: Dataset, data: DataConfig, phases: dict, log) -> str:
+def _balance_splits(docs: Dataset, data: DataConfig, log) -> tuple[Dataset, splitting.Census, dict[int, str]]:
+    """The census of the kept documents, and the documents moved so that every split asked for
+    gets one (see raylm.data.splitting)."""
+    rows = docs.map_batches(splitting.census, batch_size=None, batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
+    found = splitting.Census.combine(row["census"] for row in rows.take_all())
+    moves = splitting.balance(found, data.split)
+    if moves:
+        moved = ", ".join(f"{sum(1 for to in moves.values() if to == name)} to {name}" for name in SPLITS
+                          if name in moves.values())
+        log(f"prepare: {sum(found.kept.values())} documents kept; moved {moved} so that every split asked for has "
+            f"one (data.split.val={data.split.val:g}, data.split.test={data.split.test:g})")
+        docs = docs.map_batches(splitting.move, fn_kwargs={"moves": moves}, batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
+    return docs, found, moves
+
+
+def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: dict, log) -> str:
+    """A BPE trained on a deterministic sample of the kept train documents (train_bytes in all)."""
     mark = time.time()
-    per_block = docs.map_batches(_train_bytes, batch_size=None, batch_format="pyarrow", num_cpus=LIGHT_TASK_CPUS)
-    train_bytes = sum(row["bytes"] for row in per_block.take_all())
-    if not train_bytes:
-        raise RaylmError(f"no training documents left in {data.sources} to train a tokenizer on "
-                         "(all were dropped or held out); see data.filters.profile and data.split")
     fraction = min(1.0, data.tokenizer.sample_bytes / train_bytes)
     sample = docs.map_batches(_sample, fn_kwargs={"fraction": fraction}, batch_format="pyarrow",
                               num_cpus=LIGHT_TASK_CPUS).materialize()
@@ -232,13 +297,16 @@ def _read_files(files: pa.Table, data: DataConfig, clock) -> Iterator[pa.Table]:
     for row in files.to_pylist():
         file_index = row.pop("file_index")
         source = SourceFile(**row)
-        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding):
-            doc_hash = _doc_hash(f"{data.split.seed}:{source.key}#{index}")
+        by_hash = source.split == "train"  # the others come from data.val_sources / data.test_sources
+        for index, text, reason in read_documents(source, data.text_field, separator, data.fallback_encoding,
+                                                  data.split.part_chars):
+            doc_hash = splitting.doc_hash(f"{data.split.seed}:{source.key}#{index}")
             columns["file"].append(source.path)
             columns["index"].append(index)
             columns["order"].append((file_index << 32) | index)
             columns["kind"].append(source.kind)
-            columns["split"].append(source.split if source.split != "train" else _split_of(doc_hash, data))
+            columns["split"].append(splitting.split_of(doc_hash, data.split) if by_hash else source.split)
+            columns["by_hash"].append(by_hash)
             columns["doc_hash"].append(doc_hash)
             columns["text"].append(text)
             columns["reason"].append(reason)
@@ -258,16 +326,6 @@ def _table(columns: dict[str, list]) -> pa.Table:
     return pa.table({**columns, "doc_hash": pa.array(columns["doc_hash"], pa.uint64())})
 
 
-def _doc_hash(doc_id: str) -> int:
-    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
-
-
-def _split_of(doc_hash: int, data: DataConfig) -> str:
-    """Deterministic: the top 32 bits of the id hash, as a fraction, against the split fractions."""
-    u = (doc_hash >> 32) / 2**32
-    return "test" if u < data.split.test else "val" if u < data.split.test + data.split.val else "train"
-
-
 def _clean(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
     started = time.perf_counter()
     text = clean_texts(batch.column("text"), data.clean)
@@ -280,7 +338,10 @@ def _clean(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
 
 
 def _filter(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
+    """The quality rules; `dropped_bytes` is what they took: a dropped document's text, a kept one's
+    removed lines."""
     started = time.perf_counter()
+    bytes_in = pc.binary_length(batch.column("text"))
     texts, reasons, lines_removed = [], [], []
     for text, kind, reason in zip(*(batch.column(c).to_pylist() for c in ("text", "kind", "reason"))):
         if not reason:
@@ -292,10 +353,11 @@ def _filter(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
         texts.append(text)
         reasons.append(reason)
     _timed(clock, "filter", started, batch)
+    texts = pa.array(texts, pa.string())
     batch = batch.drop_columns(["text", "reason"])
-    return batch.append_column("text", pa.array(texts, pa.string())).append_column(
-        "reason", pa.array(reasons, pa.string())
-    ).append_column("lines_removed", pa.array(lines_removed, pa.int64()))
+    return batch.append_column("text", texts).append_column("reason", pa.array(reasons, pa.string())).append_column(
+        "lines_removed", pa.array(lines_removed, pa.int64())).append_column(
+        "dropped_bytes", pc.cast(pc.subtract(bytes_in, pc.binary_length(texts)), pa.int64()))
 
 
 def _fingerprint(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
@@ -303,11 +365,6 @@ def _fingerprint(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
     batch = dedup.add_fingerprints(batch, data.dedup)
     _timed(clock, "fingerprint", started, batch)
     return batch
-
-
-def _train_bytes(batch: pa.Table) -> pa.Table:
-    train = batch.filter(pc.and_(pc.equal(batch.column("reason"), ""), pc.equal(batch.column("split"), "train")))
-    return pa.table({"bytes": [pc.sum(pc.binary_length(train.column("text"))).as_py() or 0]})
 
 
 def _sample(batch: pa.Table, fraction: float) -> pa.Table:
@@ -324,19 +381,21 @@ def _sample(batch: pa.Table, fraction: float) -> pa.Table:
 
 
 def _sum_batch_stats(rows) -> dict:
-    totals = {"dropped": Counter(), "lines_removed": 0, "shards": [],
-              "splits": {s: Counter() for s in SPLITS}}
+    totals = {"dropped": Counter(), "dropped_bytes": Counter(), "lines_removed": 0, "lines_removed_bytes": 0,
+              "shards": [], "splits": {s: Counter() for s in SPLITS}}
     for row in rows:
         stats = json.loads(row)
         totals["dropped"].update(stats["dropped"])
+        totals["dropped_bytes"].update(stats["dropped_bytes"])
         totals["lines_removed"] += stats["lines_removed"]
+        totals["lines_removed_bytes"] += stats["lines_removed_bytes"]
         totals["shards"].extend(stats["shards"])
         for split, values in stats["splits"].items():
             totals["splits"][split].update(values)
     return totals
 
 
-def _manifest(config, listing, totals, tails, tokenizer_json, vocabulary, dtype, output) -> dict:
+def _manifest(config, listing, totals, tails, tokenizer_json, vocabulary, dtype, output, moves) -> dict:
     splits = {}
     for split in SPLITS:
         counts, tail = totals["splits"][split], tails[split]
@@ -359,10 +418,21 @@ def _manifest(config, listing, totals, tails, tokenizer_json, vocabulary, dtype,
         "files": {"read": len(listing.files), "bytes": sum(f.size for f in listing.files),
                   "skipped": dict(listing.skipped)},
         "documents": {"read": kept + sum(dropped.values()), "kept": kept, "dropped": dropped,
-                      "kept_per_split": {s: splits[s]["documents"] for s in SPLITS}},
+                      "kept_per_split": {s: splits[s]["documents"] for s in SPLITS},
+                      "dropped_bytes": dict(sorted(totals["dropped_bytes"].items()))},
+        "split": {
+            "rule": "documents of data.sources by a hash of their id (data.split.seed) against data.split.val and "
+                    "data.split.test; data.val_sources and data.test_sources whole; plain-text documents over "
+                    "data.split.part_chars cut into parts first; then the fewest documents moved so that train, "
+                    "val and test (when asked for) each have one",
+            **config.data.split.model_dump(),
+            "moved": [{"file": listing.files[order >> 32].path, "index": order & 0xFFFFFFFF, "to": to}
+                      for order, to in sorted(moves.items())],
+        },
         "dedup": {"exact": dropped.get("exact_duplicate", 0), "near": dropped.get("near_duplicate", 0),
                   "lsh_bands_rows": list(dedup.lsh_bands(config.data.dedup.threshold, config.data.dedup.num_perm))},
         "lines_removed": totals["lines_removed"],
+        "lines_removed_bytes": totals["lines_removed_bytes"],
         "seq_len": config.data.seq_len,
         "dtype": dtype,
         "splits": splits,
@@ -381,7 +451,36 @@ def _log_summary(manifest: dict, log) -> None:
     if docs["dropped"].get("invalid_utf8") and not manifest["config"]["data"]["fallback_encoding"]:
         log(f"prepare: {docs['dropped']['invalid_utf8']} documents were not UTF-8: data.fallback_encoding=latin-1 "
             "(or cp1252) reads legacy 8-bit text")
+    heavy = _heavy_filtering(manifest)
+    if heavy:
+        log(heavy)
     for split, s in manifest["splits"].items():
         log(f"prepare:   {split:5s} {s['documents']:>8d} docs {s['bytes'] / 1e6:>9.2f} MB {s['tokens']:>11d} tokens "
             f"{s['sequences']:>8d} sequences")
+        fraction = manifest["split"].get(split)
+        if fraction and not s["documents"]:
+            log(f"prepare: warning: the {split} split is empty (data.split.{split}={fraction:g} of "
+                f"{docs['kept']} kept documents); raise data.split.{split}, or give data.{split}_sources")
     log(f"prepare: wrote {manifest['output']} in {manifest['wall_seconds']:.1f}s")
+
+
+def _heavy_filtering(manifest: dict) -> str | None:
+    """A line of its own when the quality rules took more than half of the text: the share, the
+    top reasons by bytes and the key that changes it."""
+    by_reason = {reason: n for reason, n in manifest["documents"]["dropped_bytes"].items()
+                 if reason not in splitting.DEDUP_REASONS and n}
+    if manifest["lines_removed_bytes"]:
+        by_reason["c4 line removal"] = manifest["lines_removed_bytes"]
+    total = sum(s["bytes"] for s in manifest["splits"].values()) + sum(manifest["documents"]["dropped_bytes"].values()) \
+        + manifest["lines_removed_bytes"]
+    dropped = sum(by_reason.values())
+    if not total or dropped <= total / 2:
+        return None
+    top = sorted(by_reason.items(), key=lambda item: -item[1])[:3]
+    reasons = ", ".join(f"{reason} {n / total:.0%}" for reason, n in top)
+    profile = manifest["config"]["data"]["filters"]["profile"]
+    fix = (f"data.filters.profile=none keeps it (now {profile!r}; 'auto' applies the web rules to records only), "
+           "or loosen data.filters.web.* / data.filters.code.*") if top[0][0] != "word_too_long" else \
+        splitting.fix_for(top[0][0])
+    return (f"prepare: the quality filters dropped {dropped / total:.0%} of the text ({dropped / 1e6:.2f} of "
+            f"{total / 1e6:.2f} MB: {reasons}); {fix}")

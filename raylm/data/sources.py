@@ -26,6 +26,7 @@ FORMAT_BY_EXTENSION = {
     **{ext: "text" for ext in TEXT_EXTENSIONS | CODE_EXTENSIONS},
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
 }
+RECORD_FORMATS = {"jsonl", "json", "parquet"}  # one document per record, as web crawls ship
 SPLIT_PRIORITY = ("test", "val", "train")  # held-out files come first: dedup keeps their copy
 
 
@@ -35,7 +36,7 @@ class SourceFile:
     size: int
     format: str  # text | jsonl | json | parquet
     compressed: bool  # gzip
-    kind: str  # code | text: picks the quality rules under filters.profile=auto
+    kind: str  # code | text | record: picks the quality rules under filters.profile=auto
     split: str  # train (assigned per document later) | val | test (the whole file)
     key: str  # path relative to its source: documents' ids, hence their split, survive a move
 
@@ -110,5 +111,5 @@ def _describe(entry: storage.FileEntry, key: str, split: str, forced_format: str
         if not explicit:
             return None
         fmt = "text"  # a file named on purpose is read as text; binary content is caught when read
-    kind = "code" if extension in CODE_EXTENSIONS else "text"
+    kind = "record" if fmt in RECORD_FORMATS else "code" if extension in CODE_EXTENSIONS else "text"
     return SourceFile(entry.path, entry.size, fmt, compressed, kind, split, key)
