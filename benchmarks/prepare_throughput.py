@@ -82,14 +82,15 @@ def tokenize_stage(corpus: Path, tokenizer_json: str, cpus: int, workdir: Path) 
     import ray
 
     from raylm.config import load_config
-    from raylm.data import prepare as pipeline
+    from raylm.data import prepare as pipeline, splitting
 
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
     ray.data.DataContext.get_current().enable_progress_bars = False
     data = load_config(None, [f"data.sources=[{corpus}]", "data.filters.profile=none", "data.dedup.exact=false",
                               "data.dedup.near=false"]).data
     docs = pipeline._documents(list_sources(data), data, clock=None).materialize()
-    megabytes = sum(docs.map_batches(pipeline._train_bytes, batch_format="pyarrow").to_pandas()["bytes"]) / 1e6
+    rows = docs.map_batches(splitting.census, batch_size=None, batch_format="pyarrow").take_all()
+    megabytes = sum(splitting.Census.combine(row["census"] for row in rows).kept_bytes.values()) / 1e6  # every split
     started = time.perf_counter()
     stats = pipeline._tokenize_and_write(docs, data, tokenizer_json, "uint16", str(workdir / "stage"), clock=None)
     ray.get(pipeline._finish_batches.remote(stats, data.seq_len, str(workdir / "stage"), "uint16"))

@@ -6,6 +6,7 @@ import argparse
 import functools
 import importlib
 import json
+import os
 import sys
 import textwrap
 
@@ -55,7 +56,14 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster to join (default: $RAY_ADDRESS, else start Ray embedded in this process).")
     parser.add_argument("--num-cpus", type=int, metavar="N",
                         help="CPUs of the embedded local Ray (default: all of this machine's).")
+    _add_verbose(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Dotted config overrides, e.g. data.seq_len=512.")
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="Also show Ray's own console output (worker logs, Ray Data progress); by default it goes "
+                        "only to the Ray session's log folder. RAYLM_VERBOSE=1 does the same.")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -163,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Ray cluster to join when scoring on Ray (default: $RAY_ADDRESS, else start Ray "
                           "embedded in this process).")
     evaluate.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the embedded local Ray (default: all).")
+    _add_verbose(evaluate)
     evaluate.add_argument("inputs", nargs="*", metavar="PATH", help="A prepared folder, or text files.")
 
     report = _command(
@@ -208,16 +217,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo", metavar="DIR", help="Folder for everything the demo writes (default: ./demo; replaced).")
     demo.add_argument("--quick", action="store_true", help="Every stage at toy size (a couple of minutes on 2 cores).")
     demo.add_argument("--num-cpus", type=int, metavar="N", help="CPUs of the embedded Ray (default: all of this machine's).")
+    _add_verbose(demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ["RAYLM_VERBOSE"] = "1"
     try:
         return args.run(args)
     except RaylmError as err:
         print(f"raylm: error: {redact(str(err))}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from ray.train import TrainingFailedError
+
+        if not isinstance(err, TrainingFailedError):
+            raise
+        # Ray Train's error carries the workers' tracebacks; the first lines say what failed.
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        print(f"raylm: error: training failed: {redact(first)}\n{redact(_last_traceback_line(str(err)))}", file=sys.stderr)
+        return 1
+
+
+def _last_traceback_line(text: str) -> str:
+    """The exception line a traceback ends with ('ValueError: ...')."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if ":" in line and not line.startswith("File ")), lines[-1] if lines else "")
 
 
 if __name__ == "__main__":

@@ -269,7 +269,7 @@ class TrainConfig(StrictModel):
         100, ge=0,
         description="Linear warmup steps; warmup also ends once 10% of the run's budget (max_steps, max_tokens or "
         "max_minutes) is spent, so a short run does not spend itself warming up.")
-    decay_fraction: Fraction = Field(0.2, description="WSD: fraction of the steps spent decaying at the end.")
+    decay_fraction: Fraction = Field(0.2, description="WSD: share of the run (its progress) spent decaying at the end.")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not applied to norms and embeddings).")
     beta1: Fraction = Field(0.9, description="AdamW beta1.")
     beta2: Fraction = Field(0.95, description="AdamW beta2.")

@@ -1,33 +1,104 @@
-"""Connecting to Ray: an embedded local instance unless `--address` or `RAY_ADDRESS` names a cluster."""
+"""Connecting to Ray: an embedded local instance unless `--address` or `RAY_ADDRESS` names a cluster,
+and a quiet console on the way.
+
+Ray prints a lot on a driver's console: every line its workers write (Ray Data plans and
+progress, Ray Train's reports, placement-group cleanup), prefixed with the process, plus its own
+warnings. By default raylm's driver prints only raylm's own lines, those of the driver and those a
+worker marked with `say`; everything else still goes to the Ray session's log folder, which is
+named once. `--verbose` (or RAYLM_VERBOSE=1) shows Ray's output again. The same holds for a job's
+driver on a cluster, so `ray job logs` reads the same.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import warnings
 
 import ray
 
+WORKER_LINE = ":raylm:"  # marks a worker's line for the driver's console
 _joined_cluster = False
 
 
+def verbose() -> bool:
+    """Whether Ray's own console output is shown (RAYLM_VERBOSE=1; the CLI's --verbose sets it)."""
+    return os.environ.get("RAYLM_VERBOSE", "") not in ("", "0")
+
+
+def say(line: str) -> None:
+    """One console line from a Ray worker (or a Tune trial). It goes to the process's own stdout,
+    which Ray forwards to the driver once (Ray Train's patched print() also logs, so lines came out
+    twice), marked so the driver prints it as it is."""
+    print(WORKER_LINE + line, file=sys.__stdout__, flush=True)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
-    """Start or join Ray once per process; later calls (and an already-connected driver) no-op.
+    """Start or join Ray once per process; later calls (and an already-connected driver) no-op,
+    but for routing the console.
 
     `dashboard=False` suits data-only runs: the local instance starts faster and its agents take no
     CPU from the work. Ray Train needs it on (it frees finished runs' resources through it).
     """
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        from raylm import storage
+    if not ray.is_initialized():
+        level = logging.WARNING if verbose() else logging.ERROR
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            from raylm import storage
 
-        worker_env = storage.s3_worker_env()
-        ray.init(address=address, runtime_env={"env_vars": worker_env} if worker_env else None,
-                 logging_level=logging.WARNING)
-        mark_joined_cluster()
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=logging.WARNING)
+            worker_env = storage.s3_worker_env()
+            ray.init(address=address, runtime_env={"env_vars": worker_env} if worker_env else None, logging_level=level)
+            mark_joined_cluster()
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=dashboard, logging_level=level)
+        if not verbose():
+            # On stderr, with the other diagnostics: stdout stays the command's output (`evaluate --json`).
+            print(f"raylm: Ray's own logs are in {_logs_folder()} (--verbose or RAYLM_VERBOSE=1 shows them here)",
+                  file=sys.stderr)
+    _route_console()
+
+
+def _logs_folder() -> str:
+    node = ray._private.worker.global_worker.node
+    return node.get_logs_dir_path() if node is not None else "the Ray session's logs folder"
+
+
+def _route_console() -> None:
+    """Worker lines marked by `say` are printed as they are and, unless verbose, Ray's own console
+    output (other worker lines, Ray Data's console log and progress bars) is not shown. Ray's
+    printer of worker output is a handler of its log dispatcher (ray._private in Ray 2.60), put
+    back by every ray.init, so this runs after each."""
+    from ray._private import ray_logging
+    from ray._private.log import PlainRayHandler
+    import ray.data
+
+    dispatcher = ray_logging.global_worker_stdstream_dispatcher
+    if not any(handler is _print_worker_output for _, handler in dispatcher.handlers):
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", _print_worker_output)
+    if not verbose():
+        for handler in logging.getLogger("ray.data").handlers:
+            if isinstance(handler, PlainRayHandler):  # the console one; the session log file keeps everything
+                handler.setLevel(logging.ERROR)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.")  # advice about Ray's tuning
+
+
+def _print_worker_output(data: dict) -> None:
+    """A batch of lines one worker wrote: the marked ones as they are, the others as Ray prints
+    them (process prefix, repeats folded) when verbose. The autoscaler's events ("Adding 1 node(s)
+    of type cpu-worker") always: on a cluster they say where the run's resources come from."""
+    from ray._private import worker
+
+    lines = data.get("lines", [])
+    for line in lines:
+        if line.startswith(WORKER_LINE):
+            print(line[len(WORKER_LINE):], flush=True)
+    if verbose() or data.get("pid") == "autoscaler":
+        rest = [line for line in lines if not line.startswith(WORKER_LINE)]
+        worker.print_to_stdstream({**data, "lines": rest},
+                                  ignore_prefix=worker._should_ignore_worker_log_prefix(worker.global_worker))
 
 
 def joined_cluster() -> bool:

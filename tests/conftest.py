@@ -79,6 +79,42 @@ def run_prepare(ray_session, tmp_path):
     return run
 
 
+def raylm_command(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300) -> list[str]:
+    """A `raylm` command through the console script, as a user types it; the lines it printed
+    (stdout, then stderr). It must succeed."""
+    script = Path(sys.executable).parent / "raylm"
+    result = subprocess.run([str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, f"raylm {' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result.stdout.splitlines() + result.stderr.splitlines()
+
+
+FIRST_PREPARE = ("prepare", "data.sources=[input.txt]", "data.output=prepared")  # the README's first command
+
+
+@pytest.fixture(scope="session")
+def default_prepared(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The README's first command, as a newcomer runs it, every setting a default, on Tiny
+    Shakespeare as `input.txt` (one 1.1 MB file): the prepared folder and what it printed."""
+    folder = tmp_path_factory.mktemp("first-run")
+    (folder / "input.txt").symlink_to(shared_file("tinyshakespeare.txt"))
+    lines = raylm_command(*FIRST_PREPARE, cwd=folder)
+    return folder / "prepared", lines
+
+
+def split_documents(output: Path, manifest: dict, split: str) -> list[str]:
+    """The documents written to a split, decoded; the last one lacks what the unwritten end of the
+    last window held."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(output / "tokenizer.json"))
+    eos = manifest["tokenizer"]["eos_id"]
+    ids = [token for shard in read_split(output, manifest, split) for row in shard for token in row]
+    ends = [i for i, token in enumerate(ids) if token == eos] + [len(ids)]
+    starts = [0] + [end + 1 for end in ends[:-1]]
+    return [tokenizer.decode(ids[start:end]) for start, end in zip(starts, ends) if end > start]
+
+
 def read_split(output: Path, manifest: dict, split: str) -> list:
     """Token windows of a split, shard by shard, as listed in the manifest (lists of ids)."""
     return [pq.read_table(output / shard).column("tokens").to_pylist() for shard in manifest["splits"][split]["shards"]]

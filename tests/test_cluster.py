@@ -202,10 +202,11 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     wait_while_running(job, address, env, until=lambda: latest_step() >= min(resumed) + 6)  # and on from there
     ray_cli("job", "stop", f"--address={address}", job, env=env)
     assert "was stopped" in ray_cli("job", "status", f"--address={address}", job, env=env).stdout
-    assert "world_rank=1" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout  # a worker on each node
+    assert "2 workers on 2 nodes" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout
     last = latest_step()
     logs = submit(address, " ".join([*pretrain, f"train.max_steps={last + 4}"]), env)
     assert f"resuming from step {last}" in logs
+    assert "Execution plan" not in logs and "(RayTrainWorker" not in logs  # a job's log is as quiet as a console
     metrics = s3.get_object(Bucket="lm-cluster", Key="runs/pretrain/metrics.jsonl")["Body"].read().decode()
     steps = [json.loads(line)["step"] for line in metrics.splitlines() if "loss" in line]
     assert steps[-2:] == [last + 2, last + 4] and steps[0] == 2

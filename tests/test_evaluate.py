@@ -18,7 +18,9 @@ import ray
 import torch
 from tokenizers import Tokenizer
 
+from raylm.data.pack import model_rows
 from raylm.data.tokenizer import EOS
+from raylm.errors import RaylmError
 from raylm.eval.evaluate import evaluate, load_model
 from run_kit import SEQ_LEN, make_run
 
@@ -57,20 +59,45 @@ def test_bits_per_byte_and_baseline_match_a_hand_computation(run, tmp_path):
                                                 "bits_per_byte": entropy / math.log(2) * predicted / nbytes})
 
 
-def write_prepared(folder: Path, run: Path, text: str, shards: int) -> None:
+def write_prepared(folder: Path, run: Path, text: str, shards: int, seq_len: int = SEQ_LEN) -> np.ndarray:
     """A prepared folder as `raylm prepare` lays it out, built by hand (no Ray, so fast): `text`
-    packed into windows of SEQ_LEN + 1 tokens, all in the test split, over `shards` Parquet files."""
+    packed into windows of seq_len + 1 tokens, all in the test split, over `shards` Parquet files.
+    Returns the windows."""
     tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
     ids = np.array([*tokenizer.encode(text, add_special_tokens=False).ids, tokenizer.token_to_id(EOS)], dtype=np.uint16)
-    windows = ids[: len(ids) // (SEQ_LEN + 1) * (SEQ_LEN + 1)].reshape(-1, SEQ_LEN + 1)
+    windows = ids[: len(ids) // (seq_len + 1) * (seq_len + 1)].reshape(-1, seq_len + 1)
     (folder / "test").mkdir(parents=True)
     names = [f"test/part-{i}.parquet" for i in range(shards)]
     for name, part in zip(names, np.array_split(windows, shards)):
-        pq.write_table(pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), SEQ_LEN + 1)}),
+        pq.write_table(pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), seq_len + 1)}),
                        folder / name)
     empty = {"documents": 0, "bytes": 0, "tokens": 0, "sequences": 0, "shards": []}
     test = {"documents": 1, "bytes": len(text.encode()), "tokens": len(ids), "sequences": len(windows), "shards": names}
-    (folder / "manifest.json").write_text(json.dumps({"seq_len": SEQ_LEN, "splits": {"train": empty, "val": empty, "test": test}}))
+    (folder / "manifest.json").write_text(json.dumps({"seq_len": seq_len, "splits": {"train": empty, "val": empty, "test": test}}))
+    return windows
+
+
+def test_model_rows_predict_every_token_of_a_long_window_once():
+    windows = np.arange(3 * 513).reshape(3, 513)  # data.seq_len 512
+    rows = model_rows(windows, 128)  # model.block_size 128
+    assert rows.shape == (12, 129)
+    inputs, targets = rows[:, :-1], rows[:, 1:]
+    assert (inputs.reshape(3, 512) == windows[:, :-1]).all() and (targets.reshape(3, 512) == windows[:, 1:]).all()
+    assert (model_rows(windows, 512) == windows).all()
+
+
+def test_windows_longer_than_the_model_context_are_scored_as_rows_of_it(run, tmp_path):
+    windows = write_prepared(tmp_path / "prepared", run, CORPUS * 3, shards=2, seq_len=4 * SEQ_LEN)
+    model = load_model(str(run))[0]
+    assert model.config.block_size == 128 > SEQ_LEN
+    short_context = make_run(tmp_path / "short", CORPUS, f"model.block_size={SEQ_LEN}", steps=1)
+    report = evaluate(str(short_context), [str(tmp_path / "prepared")])
+    rows = torch.from_numpy(model_rows(windows, SEQ_LEN).astype(np.int64))
+    with torch.no_grad():
+        _, loss = load_model(str(short_context))[0](rows[:, :-1], rows[:, 1:])
+    assert report["tokens"] == windows.shape[0] * 4 * SEQ_LEN and report["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    with pytest.raises(RaylmError, match=r"seq_len \(128\) is larger than model.block_size \(48\) and not a multiple"):
+        evaluate(str(make_run(tmp_path / "odd", CORPUS, "model.block_size=48", steps=1)), [str(tmp_path / "prepared")])
 
 
 @pytest.mark.timeout(120)

@@ -16,7 +16,7 @@ from raylm.errors import RaylmError
 
 pytestmark = pytest.mark.timeout(300)
 STEPS = ["train.max_steps=16", "train.log_every=1", "train.eval_every=8", "train.checkpoint_every=4",
-         "train.warmup_steps=2", "train.eval_batches=2", "train.batch_size=8", "train.shuffle_buffer=64"]
+         "train.warmup_steps=2", "train.lr=2e-3", "train.eval_batches=2", "train.batch_size=8", "train.shuffle_buffer=64"]
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +170,8 @@ def test_fsdp2_on_cpu_trains_checkpoints_and_resumes_exactly(prepared, tmp_path)
 
 
 def test_pretrain_refuses_mismatched_data_before_starting(prepared, tmp_path):
-    with pytest.raises(RaylmError, match=r"seq_len \(32\) is larger than model.block_size \(16\)"):
-        train(prepared, tmp_path, "x", "model.block_size=16")
+    with pytest.raises(RaylmError, match=r"seq_len \(32\) is larger than model.block_size \(24\) and not a multiple of it"):
+        train(prepared, tmp_path, "x", "model.block_size=24")
     with pytest.raises(RaylmError, match="no prepared dataset at"):
         train(tmp_path / "nothing", tmp_path, "x")
     with pytest.raises(RaylmError, match="fewer than train.workers x train.batch_size"):

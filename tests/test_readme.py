@@ -8,13 +8,14 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import articles, shared_file
+from conftest import FIRST_PREPARE, articles, shared_file
 from raylm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,9 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 9
+    assert len(COMMANDS) == 10
     assert "make demo\nmake test" in README
+    assert COMMANDS[0] == "raylm " + " ".join(FIRST_PREPARE)  # run by the default_prepared fixture
 
 
 def test_the_faults_and_bad_input_table_names_tests_that_exist():
@@ -69,8 +71,12 @@ def test_the_faults_and_bad_input_table_names_tests_that_exist():
 
 @pytest.mark.timeout(300)
 def test_local_sources_command(user_folder):
-    """Through the `raylm` console script, as a user types it (the commands below run in process)."""
-    assert "prepare: wrote" in run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {}).stdout
+    """Through the `raylm` console script, as a user types it (the commands below run in process),
+    with RAYLM_VERBOSE=1: Ray's own console output comes back (tests/test_console.py: it is gone
+    by default)."""
+    printed = run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {"RAYLM_VERBOSE": "1"})
+    assert "prepare: wrote" in printed.stdout and "Ray's own logs are in" not in printed.stdout
+    assert "Execution plan of Dataset" in printed.stderr and "streaming_executor.py" in printed.stderr
     manifest = json.loads((user_folder / "prepared" / "books" / "manifest.json").read_text())
     assert manifest["files"]["read"] == 6 and manifest["documents"]["kept_per_split"]["val"] >= 1
     assert manifest["documents"]["kept"] >= 10
@@ -110,17 +116,12 @@ def run_in_process(line: str, cwd: Path, monkeypatch, capsys) -> str:
 
 
 @pytest.mark.timeout(600)
-def test_commands_after_prepare(tmp_path, ray_session, monkeypatch, capsys):
-    """pretrain, evaluate, generate, finetune and report, in a folder holding a small `prepared`
-    dataset (as after `raylm prepare`) and the `qa.jsonl` instruction pairs the finetune line names.
+def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeypatch, capsys):
+    """pretrain, evaluate, generate, finetune and report, in a folder holding the `prepared` dataset
+    the README's first command made and the `qa.jsonl` instruction pairs the finetune line names.
     (`raylm tune --config sweep.yaml` runs in tests/test_tune.py.)"""
-    from raylm.config import load_config
-    from raylm.data.prepare import prepare
-
+    shutil.copytree(default_prepared[0], tmp_path / "prepared")
     play = shared_file("tinyshakespeare.txt")
-    prepare(load_config(None, [f"data.sources=[{play}]", r"data.document_separator='\n\n'",
-                               "data.filters.profile=none", "data.dedup.exact=false", "data.dedup.near=false", "data.tokenizer.vocab_size=300",
-                               "data.seq_len=64", f"data.output={tmp_path / 'prepared'}"]), log=lambda _: None)
     lines = [line for line in play.read_text().splitlines() if line.strip()][:400]
     (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"prompt": a + "\n", "response": b}) + "\n" for a, b in zip(lines, lines[1:])))
 

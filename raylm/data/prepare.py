@@ -126,7 +126,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
     storage.check_writable(output)
     runtime.init_ray(address, num_cpus, dashboard=False)
     input_bytes = sum(f.size for f in listing.files)
-    log(f"prepare: {len(listing.files)} files, {input_bytes / 1e6:.1f} MB -> {output}")
+    log(f"prepare: {len(listing.files)} file{'s' * (len(listing.files) > 1)}, {input_bytes / 1e6:.1f} MB -> {output}")
 
     staging = storage.staging_folder(output)
     clock = StageClock.remote()

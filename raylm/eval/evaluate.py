@@ -24,12 +24,13 @@ from tokenizers import Tokenizer
 
 from raylm import runtime, storage
 from raylm.config import Config, run_config
+from raylm.data.pack import as_model_rows, model_rows, windows_array
 from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
 from raylm.finetune.lora import apply_lora, merge_lora
 from raylm.model.gpt import GPT
 from raylm.train.checkpoint import latest_complete, load_weights
-from raylm.train.trainer import DATA_CPUS, read_manifest
+from raylm.train.trainer import DATA_CPUS, read_manifest, rows_per_window
 
 BATCH = 16  # windows per forward pass
 RAY_WINDOWS = 4096  # more windows than this are scored on Ray
@@ -65,23 +66,26 @@ class Heldout:
     bytes: int
     windows: list[np.ndarray] | None = None
     shards: list[str] | None = None
+    block_size: int | None = None  # shards' windows are cut into rows of this context, as in training
 
     def read(self) -> list[np.ndarray]:
         if self.windows is not None:
             return self.windows
-        return [window for shard in self.shards for window in _read_shard(shard)]
+        return [window for shard in self.shards for window in self._read_shard(shard)]
+
+    def _read_shard(self, path: str) -> np.ndarray:
+        fs, inner = storage.filesystem(path)
+        windows = windows_array(pq.read_table(inner, filesystem=fs).column("tokens"))
+        return model_rows(windows, self.block_size) if self.block_size else windows
 
     def dataset(self) -> ray.data.Dataset:
         """A `tokens` column read by the cluster, not the driver (except text windows, tokenized here)."""
         if self.windows is not None:
             return ray.data.from_items([{"tokens": window} for window in self.windows])
-        return ray.data.read_parquet(self.shards, filesystem=storage.filesystem(self.shards[0])[0])
-
-
-def _read_shard(path: str) -> list[np.ndarray]:
-    fs, inner = storage.filesystem(path)
-    tokens = pq.read_table(inner, filesystem=fs).column("tokens").combine_chunks()
-    return list(tokens.flatten().to_numpy().reshape(len(tokens), tokens.type.list_size))
+        dataset = ray.data.read_parquet(self.shards, filesystem=storage.filesystem(self.shards[0])[0])
+        if self.block_size:
+            dataset = dataset.map_batches(as_model_rows, fn_kwargs={"block_size": self.block_size}, batch_format="pyarrow")
+        return dataset
 
 
 @torch.no_grad()
@@ -140,15 +144,20 @@ def _metrics(nats_per_token: float, heldout: Heldout) -> dict:
             "bits_per_byte": nats_per_token / math.log(2) * heldout.tokens / heldout.bytes}
 
 
-def _prepared_split(path: str) -> Heldout:
+def _prepared_split(path: str, block_size: int) -> Heldout:
+    """The test split of a prepared folder, else its val split; windows longer than the model's
+    context are scored as rows of it, as training reads them."""
     manifest = read_manifest(path)
     split = "test" if manifest["splits"]["test"]["sequences"] else "val"
     stats = manifest["splits"][split]
     if not stats["sequences"]:
         raise RaylmError(f"{path} has no test or val sequences to evaluate on")
+    rows = rows_per_window(manifest["seq_len"], block_size, f"{path}: its seq_len ({manifest['seq_len']})",
+                           "prepare it with data.seq_len equal to it or a multiple of it")
     # The split's bytes per token, as in training's bits per byte.
-    return Heldout(f"{path} ({split} split)", stats["sequences"], stats["tokens"], stats["bytes"],
-                   shards=[storage.join(storage.absolute(path), shard) for shard in stats["shards"]])
+    return Heldout(f"{path} ({split} split)", stats["sequences"] * rows, stats["tokens"], stats["bytes"],
+                   shards=[storage.join(storage.absolute(path), shard) for shard in stats["shards"]],
+                   block_size=block_size if rows > 1 else None)
 
 
 def _text_files(paths: list[str], tokenizer: Tokenizer, seq_len: int) -> Heldout:
@@ -174,7 +183,7 @@ def evaluate(run_dir: str, inputs: list[str], workers: int | None = None, addres
     if not inputs:
         inputs = [config.train.data]
     if len(inputs) == 1 and storage.exists(storage.join(storage.absolute(inputs[0]), "manifest.json")):
-        heldout = _prepared_split(inputs[0])
+        heldout = _prepared_split(inputs[0], config.model.block_size)
     else:
         heldout = _text_files(inputs, tokenizer, config.data.seq_len)
     if workers is None and heldout.num_windows <= RAY_WINDOWS:

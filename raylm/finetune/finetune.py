@@ -21,7 +21,7 @@ from raylm.data.tokenizer import fingerprint
 from raylm.errors import RaylmError
 from raylm.finetune.instructions import load_instructions
 from raylm.train.checkpoint import checkpoint_name, latest_complete, saved_state, save_weights
-from raylm.train.trainer import TrainingJob, check_fits, read_manifest, run, run_folder
+from raylm.train.trainer import TrainingJob, check_batch, fit_to_context, read_manifest, run, run_folder
 
 MERGED = "merged"
 REPORT = "finetune.json"
@@ -52,8 +52,10 @@ def plan_finetune(config: Config) -> TrainingJob:
         rows = load_instructions(settings.instructions, tokenizer_json, config.data.seq_len, settings.prompt_field,
                                  settings.response_field, config.data.split.val, config.data.split.seed,
                                  min_val=config.train.workers)
-        check_fits(config, config.data.seq_len, rows.train.num_rows, f"data.seq_len ({config.data.seq_len})",
-                   "set a smaller data.seq_len")
+        if config.data.seq_len > config.model.block_size:  # a row is one padded pair: it cannot be cut into several
+            raise RaylmError(f"data.seq_len ({config.data.seq_len}) is larger than model.block_size "
+                             f"({config.model.block_size}); set a smaller data.seq_len")
+        check_batch(config, rows.train.num_rows)
         job.instructions = rows
     else:
         data = storage.absolute(config.train.data)
@@ -61,10 +63,8 @@ def plan_finetune(config: Config) -> TrainingJob:
         if manifest["tokenizer"]["sha256"] != fingerprint(tokenizer_json):
             raise RaylmError(f"train.data {config.train.data} was prepared with another tokenizer than {settings.init}'s; "
                              f"prepare it again with data.tokenizer.path={storage.join(init_dir, 'tokenizer.json')}")
-        check_fits(config, manifest["seq_len"], manifest["splits"]["train"]["sequences"],
-                   f"the data's seq_len ({manifest['seq_len']})", "prepare with a smaller data.seq_len")
-        job.data, job.manifest, job.seq_len = data, manifest, manifest["seq_len"]
-        job.config = config.model_copy(update={"data": config.data.model_copy(update={"seq_len": manifest["seq_len"]})})
+        job.config, job.rows_per_window = fit_to_context(config, manifest)
+        job.data, job.manifest, job.seq_len = data, manifest, job.config.data.seq_len
     storage.check_writable(run_dir)
     return job
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import tempfile
 import time
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
 from raylm import storage
+from raylm.runtime import say
 from raylm.config import Config, TrainConfig
 from raylm.finetune.lora import apply_lora
 from raylm.model.gpt import GPT
@@ -30,12 +31,6 @@ from raylm.train.schedule import learning_rate
 
 FAULT_MARKER = "fault-injected"
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
-
-
-def say(line: str) -> None:
-    """One console line from a worker. Ray Train's patched print() both tees and logs (so lines
-    came out twice); the process's own stdout reaches the driver once."""
-    print(line, file=sys.__stdout__, flush=True)
 
 
 class Batches:
@@ -76,19 +71,23 @@ def inputs_and_targets(batch: dict[str, torch.Tensor], device) -> tuple[torch.Te
     return tokens[:, :-1], targets
 
 
-def accumulation_steps(train: TrainConfig, seq_len: int, world: int) -> int:
+def step_plan(train: TrainConfig, seq_len: int, world: int) -> tuple[int, int, int]:
+    """(micro-steps per optimizer step, tokens per step, planned steps): gradient accumulation up to
+    train.tokens_per_step, and max_steps or fewer when the token budget ends the run sooner."""
     per_micro_step = train.batch_size * seq_len * world
-    return max(1, round(train.tokens_per_step / per_micro_step)) if train.tokens_per_step else 1
-
-
-def planned_steps(train: TrainConfig, tokens_per_step: int) -> int:
-    """The schedule's length: max_steps, or fewer when the token budget ends the run sooner."""
-    return min(train.max_steps, math.ceil(train.max_tokens / tokens_per_step)) if train.max_tokens else train.max_steps
+    accumulate = max(1, round(train.tokens_per_step / per_micro_step)) if train.tokens_per_step else 1
+    tokens_per_step = per_micro_step * accumulate
+    planned = min(train.max_steps, math.ceil(train.max_tokens / tokens_per_step)) if train.max_tokens else train.max_steps
+    return accumulate, tokens_per_step, planned
 
 
 def train_loop_per_worker(payload: dict) -> None:
     config = Config.model_validate(payload["config"])
     train, seq_len, run_dir = config.train, payload["seq_len"], payload["run_dir"]
+
+    def console(line: str) -> None:  # a Tune trial's lines start with its name
+        say(payload["console_prefix"] + line)
+
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -98,7 +97,7 @@ def train_loop_per_worker(payload: dict) -> None:
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     model = GPT(config.model).to(device)
     flops_per_token = model.flops_per_token(seq_len)
-    checkpoint = _resume_point(run_dir, warn=say)
+    checkpoint = _resume_point(run_dir, warn=console)
     if checkpoint is None and payload["init_checkpoint"]:
         _load_initial_weights(model, payload["init_checkpoint"])
     if config.finetune.method == "lora":
@@ -108,9 +107,7 @@ def train_loop_per_worker(payload: dict) -> None:
     groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
               for group in unwrap(model).param_groups(train.weight_decay)]
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=device.type == "cuda")
-    accumulate = accumulation_steps(train, seq_len, world)
-    tokens_per_step = train.batch_size * seq_len * world * accumulate
-    total_steps = planned_steps(train, tokens_per_step)
+    accumulate, tokens_per_step, total_steps = step_plan(train, seq_len, world)
 
     state = {"step": 0, "tokens": 0, "epoch": 0, "consumed": 0, "train_seconds": 0.0, "world_size": world}
     if checkpoint:
@@ -121,9 +118,16 @@ def train_loop_per_worker(payload: dict) -> None:
     batches = Batches(ray.train.get_dataset_shard("train"), train.batch_size, train.shuffle_buffer, train.seed,
                       state["epoch"], state["consumed"])
     val_shard = ray.train.get_dataset_shard("val") if payload["has_val"] else None
-    log = RunLog(run_dir, total_steps) if rank == 0 else None
+    budget_seconds = train.max_minutes * 60 if train.max_minutes else None
+    log = RunLog(run_dir, total_steps, budget_seconds) if rank == 0 else None
+    nodes = [None] * world  # Ray node ids: Train's node rank goes by IP, and nodes may share one
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    if log:
+        nodes = len(set(nodes))
+        console(f"{world} worker{'s' * (world > 1)} on {nodes} node{'s' * (nodes > 1)}, "
+                f"{train.batch_size} x {seq_len} tokens each per micro-step, {tokens_per_step:,} tokens per step")
     if log and checkpoint:
-        say(f"resumed from step {state['step']} ({checkpoint.path})")
+        console(f"resumed from step {state['step']} ({checkpoint.path})")
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train.strategy == "ddp"
                 else contextlib.nullcontext())
     peak = peak_flops(device)
@@ -131,13 +135,14 @@ def train_loop_per_worker(payload: dict) -> None:
         before = {"step": 0, **_evaluate(unwrap(model), val_shard, train, device, autocast, payload["val_tokens_per_byte"])}
         if log:
             log.write(before)
-            say(f"eval before training | val loss {before['val_loss']:.4f} | ppl {before['val_ppl']:.2f} | bpb {before['val_bpb']:.4f}")
+            console(f"eval before training | val loss {before['val_loss']:.4f} | ppl {before['val_ppl']:.2f} | bpb {before['val_bpb']:.4f}")
     clock_started, seconds_before = time.perf_counter(), state["train_seconds"]
     interval_started, interval_step = clock_started, state["step"]
 
     finished = state["step"] >= total_steps
     while not finished:
-        lr = learning_rate(state["step"], total_steps, train)
+        progress = max(state["step"] / total_steps, state["train_seconds"] / budget_seconds if budget_seconds else 0.0)
+        lr = learning_rate(state["step"], progress, train)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
@@ -156,9 +161,9 @@ def train_loop_per_worker(payload: dict) -> None:
             _inject_fault_once(run_dir)
 
         step = state["step"]
-        state["train_seconds"] = seconds_before + time.perf_counter() - clock_started
+        state["train_seconds"] = _shared_clock(seconds_before + time.perf_counter() - clock_started, budget_seconds, device)
         finished = (step >= total_steps or (train.max_tokens is not None and state["tokens"] >= train.max_tokens)
-                    or _out_of_time(train, state["train_seconds"], device))
+                    or (budget_seconds is not None and state["train_seconds"] >= budget_seconds))
         metrics = {}
         if step % train.log_every == 0 or finished:
             step_seconds = _mean_step_seconds(interval_started, step - interval_step, device)
@@ -170,9 +175,9 @@ def train_loop_per_worker(payload: dict) -> None:
             metrics.setdefault("step", step)
             log.write(metrics)
             if "loss" in metrics:
-                say(log.progress(metrics, step_seconds))
+                console(log.progress(metrics, step_seconds))
             if "val_loss" in metrics:
-                say(f"eval step {step} | val loss {metrics['val_loss']:.4f} | ppl {metrics['val_ppl']:.2f} | "
+                console(f"eval step {step} | val loss {metrics['val_loss']:.4f} | ppl {metrics['val_ppl']:.2f} | "
                     f"bpb {metrics['val_bpb']:.4f}")
         if step % train.checkpoint_every == 0 or finished:
             with tempfile.TemporaryDirectory() as directory:
@@ -252,13 +257,14 @@ def _evaluate(model, shard, train: TrainConfig, device, autocast, tokens_per_byt
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_bpb": val_loss / math.log(2) * tokens_per_byte}
 
 
-def _out_of_time(train: TrainConfig, seconds: float, device) -> bool:
-    """Rank 0's clock decides for everyone, so all workers stop after the same step."""
-    if train.max_minutes is None:
-        return False
-    flag = torch.tensor(float(seconds >= train.max_minutes * 60), device=device)
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
+def _shared_clock(seconds: float, budget_seconds: float | None, device) -> float:
+    """The training seconds so far; with a time budget, rank 0's, sent to every rank: they drive
+    the schedule and the stop, which must be the same on all workers."""
+    if budget_seconds is None:
+        return seconds
+    clock = torch.tensor(seconds, dtype=torch.float64, device=device)
+    dist.broadcast(clock, src=0)
+    return clock.item()
 
 
 def _inject_fault_once(run_dir: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 
 import torch
 
@@ -33,7 +32,7 @@ class RunLog:
     across restarts, so a resumed run shows the steps it redid), TensorBoard events in
     `<run>/tensorboard`, and a line on the console."""
 
-    def __init__(self, run_dir: str, total_steps: int):
+    def __init__(self, run_dir: str, total_steps: int, budget_seconds: float | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         self.metrics_path = storage.join(run_dir, "metrics.jsonl")
@@ -42,8 +41,7 @@ class RunLog:
         self.tensorboard_dir = storage.join(run_dir, "tensorboard")
         self.local_tensorboard = tempfile.mkdtemp(prefix="raylm-tb-") if self.remote else self.tensorboard_dir
         self.writer = SummaryWriter(self.local_tensorboard)
-        self.total_steps = total_steps
-        self.started = time.time()
+        self.total_steps, self.budget_seconds = total_steps, budget_seconds
 
     def write(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
@@ -61,7 +59,10 @@ class RunLog:
 
     def progress(self, record: dict, step_seconds: float) -> str:
         step = record["step"]
-        eta = duration((self.total_steps - step) * step_seconds)
+        left = (self.total_steps - step) * step_seconds
+        if self.budget_seconds is not None:
+            left = min(left, max(0.0, self.budget_seconds - record["train_seconds"]))
+        eta = duration(left)
         mfu = f" | MFU {record['mfu'] * 100:.1f}%" if record.get("mfu") is not None else ""
         return (f"step {step}/{self.total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
                 f"grad {record['grad_norm']:.2f} | {record['tokens_per_s'] / 1e3:.1f}k tok/s | "

@@ -1,4 +1,6 @@
-"""Learning-rate schedules: linear warmup, then cosine decay or warmup-stable-decay (WSD)."""
+"""Learning-rate schedules: linear warmup, then cosine decay or warmup-stable-decay (WSD), both
+over the run's progress — the share of its budget spent, whichever of steps, tokens and time runs
+out first — so a run stopped by `train.max_minutes` decays as its time runs out, not part-way."""
 
 from __future__ import annotations
 
@@ -6,16 +8,38 @@ import math
 
 from raylm.config import TrainConfig
 
+WARMUP_BUDGET_SHARE = 0.1  # warmup ends by 10% of the budget, whatever train.warmup_steps says
 
-def learning_rate(step: int, total_steps: int, config: TrainConfig) -> float:
-    """The rate for optimizer step `step` (0-based) of a run planned for `total_steps`."""
+
+def learning_rate(step: int, progress: float, config: TrainConfig) -> float:
+    """The rate for optimizer step `step` (0-based), `progress` being the share of the budget
+    spent before it (0 to 1). Warmup ramps linearly to the peak over train.warmup_steps, or sooner
+    when 10% of the budget is spent first; the decay multiplies it."""
+    warmup = 1.0
+    if config.warmup_steps:
+        warmup = min(1.0, max((step + 1) / config.warmup_steps, progress / WARMUP_BUDGET_SHARE))
+    return warmup * _decayed(min(1.0, progress), config)
+
+
+def _decayed(progress: float, config: TrainConfig) -> float:
     peak, floor = config.lr, config.lr * config.min_lr_ratio
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
     if config.schedule == "cosine":
-        progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
         return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * progress))
-    decay_start = max(config.warmup_steps, total_steps - round(config.decay_fraction * total_steps))
-    if step < decay_start:
+    decay_start = 1 - config.decay_fraction
+    if progress < decay_start or not config.decay_fraction:
         return peak
-    return peak - (peak - floor) * min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+    return peak - (peak - floor) * (progress - decay_start) / config.decay_fraction
+
+
+def describe(config: TrainConfig, planned_steps: int) -> str | None:
+    """What the schedule will do when it is not simply what the keys say: warmup cut short by a
+    short run, or a time budget driving the decay."""
+    if config.max_minutes is not None:
+        return (f"the {config.schedule} schedule runs on the {config.max_minutes:g}-minute budget: warmup ends after "
+                f"{config.warmup_steps} steps or {WARMUP_BUDGET_SHARE * config.max_minutes * 60:.0f}s, and the decay "
+                f"ends as the time runs out (or at step {planned_steps})")
+    capped = math.ceil(WARMUP_BUDGET_SHARE * planned_steps)
+    if config.warmup_steps > capped:
+        return (f"warmup ends at step {capped}, 10% of the {planned_steps} planned, not after "
+                f"train.warmup_steps={config.warmup_steps}")
+    return None

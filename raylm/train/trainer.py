@@ -23,10 +23,12 @@ from ray.train.torch import TorchTrainer
 
 from raylm import runtime, storage
 from raylm.config import Config, dump_config
+from raylm.data.pack import as_model_rows
 from raylm.errors import RaylmError
 from raylm.finetune.instructions import InstructionSet
 from raylm.train.checkpoint import latest_complete, saved_state
-from raylm.train.loop import train_loop_per_worker
+from raylm.train import schedule
+from raylm.train.loop import step_plan, train_loop_per_worker
 
 MANIFEST = "manifest.json"
 DATA_CPUS = 1.0  # left to Ray Data: its file-listing and read tasks each need a whole CPU
@@ -52,31 +54,49 @@ class TrainingJob:
     seq_len: int
     data: str | None = None
     manifest: dict | None = None
+    rows_per_window: int = 1  # model rows per prepared window (seq_len = rows_per_window x the model's context)
     instructions: InstructionSet | None = None
     init_checkpoint: str | None = None
     eval_at_start: bool = False
     command: str = "pretrain"  # what the driver's log lines start with
+    console_prefix: str = ""  # what the workers' console lines start with (a Tune trial's name)
 
 
-def resolve(config: Config, manifest: dict) -> Config:
-    """The config the workers run: the model's vocabulary and the window length from the data,
-    which must fit the model."""
+def resolve(config: Config, manifest: dict) -> tuple[Config, int]:
+    """The config the workers run, and how many model rows each prepared window makes: the model's
+    vocabulary from the data, which must fit it, and the data fitted to the model's context."""
     vocab = manifest["tokenizer"]["vocab_size"]
     model = config.model
     if model.vocab_size is None:
         model = model.model_copy(update={"vocab_size": vocab})
     elif model.vocab_size < vocab:
         raise RaylmError(f"model.vocab_size={model.vocab_size} is smaller than the data's tokenizer ({vocab} tokens)")
-    check_fits(config.model_copy(update={"model": model}), manifest["seq_len"], manifest["splits"]["train"]["sequences"],
-               f"the data's seq_len ({manifest['seq_len']})", "prepare with a smaller data.seq_len")
-    # data.seq_len records the windows the model trains on (evaluate windows text files alike).
-    return config.model_copy(update={"model": model, "data": config.data.model_copy(update={"seq_len": manifest["seq_len"]})})
+    return fit_to_context(config.model_copy(update={"model": model}), manifest)
 
 
-def check_fits(config: Config, seq_len: int, train_rows: int, what: str, fix: str) -> None:
-    """Windows no longer than the model's context, and enough of them for one step of every worker."""
-    if seq_len > config.model.block_size:
-        raise RaylmError(f"{what} is larger than model.block_size ({config.model.block_size}); {fix} or raise model.block_size")
+def fit_to_context(config: Config, manifest: dict) -> tuple[Config, int]:
+    """Prepared windows longer than the model's context train as rows of it (see
+    `raylm.data.pack.model_rows`) when their length is a multiple of it. The returned config's
+    data.seq_len is the rows the model trains on (evaluate windows text files alike)."""
+    seq_len = manifest["seq_len"]
+    rows = rows_per_window(seq_len, config.model.block_size, f"the data's seq_len ({seq_len})",
+                           "prepare with data.seq_len equal to it or a multiple of it")
+    check_batch(config, manifest["splits"]["train"]["sequences"] * rows)
+    return config.model_copy(update={"data": config.data.model_copy(update={"seq_len": seq_len // rows})}), rows
+
+
+def rows_per_window(seq_len: int, block_size: int, what: str, fix: str) -> int:
+    """1 for windows that fit the model's context; k for windows of k contexts; else an error."""
+    if seq_len <= block_size:
+        return 1
+    if seq_len % block_size:
+        raise RaylmError(f"{what} is larger than model.block_size ({block_size}) and not a multiple of it; {fix}, "
+                         "or raise model.block_size")
+    return seq_len // block_size
+
+
+def check_batch(config: Config, train_rows: int) -> None:
+    """Enough training rows for one step of every worker."""
     train = config.train
     if train_rows < train.workers * train.batch_size:
         raise RaylmError(f"the training data has {train_rows} sequences, fewer than train.workers x train.batch_size "
@@ -90,9 +110,9 @@ def run_folder(config: Config) -> str:
 def plan_pretrain(config: Config) -> TrainingJob:
     data = storage.absolute(config.train.data)
     manifest = read_manifest(data)
-    config = resolve(config, manifest)
+    config, rows = resolve(config, manifest)
     job = TrainingJob(config, run_folder(config), storage.read_bytes(storage.join(data, "tokenizer.json")).decode(),
-                      manifest["seq_len"], data=data, manifest=manifest)
+                      config.data.seq_len, data=data, manifest=manifest, rows_per_window=rows)
     storage.check_writable(job.run_dir)
     return job
 
@@ -119,6 +139,9 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
         model = GPT(config.model)
     log(f"{job.command}: {config.model.preset} model, {model.num_params() / 1e6:.2f}M parameters, "
         f"{model.flops_per_token(job.seq_len) / 1e6:.1f} MFLOPs per token; run folder {run_dir}")
+    note = schedule.describe(train, step_plan(train, job.seq_len, train.workers)[2])
+    if note:
+        log(f"{job.command}: {note}")
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
     storage.write_bytes(storage.join(run_dir, "tokenizer.json"), job.tokenizer_json.encode())
 
@@ -146,6 +169,7 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
             "val_tokens_per_byte": val_tokens_per_byte,
             "init_checkpoint": job.init_checkpoint,
             "eval_at_start": job.eval_at_start,
+            "console_prefix": job.console_prefix,
         },
         scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=train.use_gpu,
                                      resources_per_worker={"CPU": reserved}),
@@ -175,12 +199,13 @@ def _datasets(job: TrainingJob) -> tuple[dict[str, ray.data.Dataset], float]:
         return datasets, rows.val_tokens / max(1, rows.val_bytes)
 
     splits, manifest = job.manifest["splits"], job.manifest
+    block_size = job.seq_len if job.rows_per_window > 1 else None
     shards = [storage.join(job.data, shard) for shard in splits["train"]["shards"]]
     random.Random(job.config.train.seed).shuffle(shards)  # file-level shuffle, the same on every run
-    datasets = {"train": _split(shards, job.data, _split_bytes(manifest, "train"))}
-    if splits["val"]["sequences"] >= workers:  # small, and read at every evaluation: read once
+    datasets = {"train": _split(shards, job.data, _split_bytes(manifest, "train"), block_size)}
+    if splits["val"]["sequences"] * job.rows_per_window >= workers:  # small, and read at every evaluation: read once
         val_shards = [storage.join(job.data, s) for s in splits["val"]["shards"]]
-        datasets["val"] = _split(val_shards, job.data, _split_bytes(manifest, "val"))
+        datasets["val"] = _split(val_shards, job.data, _split_bytes(manifest, "val"), block_size)
     return datasets, splits["val"]["tokens"] / max(1, splits["val"]["bytes"])
 
 
@@ -189,15 +214,18 @@ def _split_bytes(manifest: dict, split: str) -> int:
     return manifest["splits"][split]["sequences"] * (manifest["seq_len"] + 1) * token_bytes
 
 
-def _split(shards: list[str], data: str, nbytes: int) -> ray.data.Dataset:
-    """A split's windows in shard order: streamed from the shards when large; read once into the
-    object store when small, so epochs start without re-reading them — by the driver itself below
+def _split(shards: list[str], data: str, nbytes: int, block_size: int | None) -> ray.data.Dataset:
+    """A split's windows in shard order, as rows of block_size + 1 tokens when given (windows longer
+    than the model's context): streamed from the shards when large; read once into the object store
+    when small, so epochs start without re-reading them — by the driver itself below
     DRIVER_READ_BYTES, where a Ray Data job would cost more (seconds) than the read."""
     if nbytes < DRIVER_READ_BYTES:
         fs = storage.filesystem(data)[0]
         table = pa.concat_tables(pq.read_table(storage.filesystem(shard)[1], filesystem=fs) for shard in shards)
-        return _in_order(ray.data.from_arrow(table))
+        return _in_order(ray.data.from_arrow(as_model_rows(table, block_size) if block_size else table))
     dataset = _in_order(ray.data.read_parquet(shards, **_filesystem(data)))
+    if block_size:
+        dataset = dataset.map_batches(as_model_rows, fn_kwargs={"block_size": block_size}, batch_format="pyarrow")
     return dataset.materialize() if nbytes < CACHE_BYTES else dataset
 
 

@@ -78,7 +78,8 @@ def run_trial(params: dict[str, Any], config_json: dict, joined_cluster: bool) -
         runtime.mark_joined_cluster()
     trial = f"trial-{ray_tune.get_context().get_trial_id()}"
     job = plan_trial(Config.model_validate(config_json), params, trial)
-    result = run(job, log=print, callbacks=(TuneReportCallback(),))
+    job.command = job.console_prefix = trial
+    result = run(job, log=runtime.say, callbacks=(TuneReportCallback(),))
     if result.error is not None:
         raise result.error
 
