@@ -66,7 +66,7 @@ def trial_config(config: Config, params: dict[str, Any], trial: str) -> Config:
 
 def plan_trial(config: Config, params: dict[str, Any], trial: str) -> TrainingJob:
     job = PLANNERS[config.tune.command](trial_config(config, params, trial))
-    if job.manifest is not None and job.manifest["splits"]["val"]["sequences"] < job.config.train.workers:
+    if job.manifest is not None and job.manifest["splits"]["val"]["sequences"] * job.rows_per_window < job.config.train.workers:
         raise RaylmError(f"tune: {job.data} has no val split to compare trials on; prepare with data.split.val > 0")
     return job
 
