@@ -52,3 +52,5 @@ def test_a_time_budget_drives_warmup_and_decay():
     assert learning_rate(100, 1.2, config) == pytest.approx(1e-4)  # past the budget: the floor
     assert describe(config, 1000) == ("the wsd schedule runs on the 1-minute budget: warmup ends after 50 steps or "
                                       "6s, and the decay ends as the time runs out (or at step 1000)")
+    assert describe(TrainConfig(warmup_steps=0, max_minutes=2), 80) == (
+        "the cosine schedule runs on the 2-minute budget: the decay ends as the time runs out (or at step 80)")

@@ -35,8 +35,9 @@ def describe(config: TrainConfig, planned_steps: int) -> str | None:
     """What the schedule will do when it is not simply what the keys say: warmup cut short by a
     short run, or a time budget driving the decay."""
     if config.max_minutes is not None:
-        return (f"the {config.schedule} schedule runs on the {config.max_minutes:g}-minute budget: warmup ends after "
-                f"{config.warmup_steps} steps or {WARMUP_BUDGET_SHARE * config.max_minutes * 60:.0f}s, and the decay "
+        warmup = (f"warmup ends after {config.warmup_steps} steps or {WARMUP_BUDGET_SHARE * config.max_minutes * 60:.0f}s, "
+                  "and " if config.warmup_steps else "")
+        return (f"the {config.schedule} schedule runs on the {config.max_minutes:g}-minute budget: {warmup}the decay "
                 f"ends as the time runs out (or at step {planned_steps})")
     capped = math.ceil(WARMUP_BUDGET_SHARE * planned_steps)
     if config.warmup_steps > capped:

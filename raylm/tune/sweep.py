@@ -78,7 +78,7 @@ def run_trial(params: dict[str, Any], config_json: dict, joined_cluster: bool) -
         runtime.mark_joined_cluster()
     trial = f"trial-{ray_tune.get_context().get_trial_id()}"
     job = plan_trial(Config.model_validate(config_json), params, trial)
-    job.command = job.console_prefix = trial
+    job.command, job.console_prefix = trial, f"{trial}: "
     result = run(job, log=runtime.say, callbacks=(TuneReportCallback(),))
     if result.error is not None:
         raise result.error
@@ -117,6 +117,8 @@ def tune(config: Config, address: str | None = None, num_cpus: int | None = None
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else FIFOScheduler())
     fs, path = storage.filesystem(sweep_dir)
+    if not runtime.verbose():  # Tune's newer console prints its settings box even at verbose=0; the older one does not
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     tuner = ray_tune.Tuner(
         ray_tune.with_resources(
             functools.partial(run_trial, config_json=config.model_dump(mode="json"), joined_cluster=runtime.joined_cluster()),
