@@ -178,3 +178,25 @@ def test_pretrain_refuses_mismatched_data_before_starting(prepared, tmp_path):
         train(prepared, tmp_path, "x", "train.batch_size=100000")
     with pytest.raises(RaylmError, match="smaller than the data's tokenizer"):
         train(prepared, tmp_path, "x", "model.vocab_size=100")
+
+
+def test_a_small_split_is_shared_out_from_the_object_store_in_equal_seeded_shares(ray_session):
+    import numpy as np
+    import pyarrow as pa
+    import ray
+
+    from raylm.train.loop import MemoryShard
+
+    windows = np.arange(11 * 5, dtype=np.uint16).reshape(11, 5)
+    ref = ray.put(pa.table({"tokens": pa.FixedSizeListArray.from_arrays(pa.array(windows.ravel()), 5)}))
+    shares = [MemoryShard(ref, rank, world=2) for rank in range(2)]
+    in_order = [np.concatenate([b["tokens"].numpy() for b in share.iter_torch_batches(batch_size=2)]) for share in shares]
+    assert (np.concatenate(in_order) == windows[:10]).all()  # 5 rows each, in order; the 11th row is left out
+
+    def shuffled(seed: int) -> list:
+        return [b["tokens"].numpy().tolist() for b in shares[1].iter_torch_batches(
+            batch_size=2, drop_last=True, local_shuffle_buffer_size=64, local_shuffle_seed=seed)]
+
+    assert shuffled(3) == shuffled(3) != shuffled(4) and [len(batch) for batch in shuffled(3)] == [2, 2]
+    assert {tuple(row) for batch in shuffled(3) for row in batch} < {tuple(row) for row in windows[5:10].tolist()}
+

@@ -13,6 +13,7 @@ import os
 import tempfile
 import time
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -20,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from raylm import storage
-from raylm.runtime import say
 from raylm.config import Config, TrainConfig
+from raylm.data.pack import windows_array
+from raylm.runtime import say
 from raylm.finetune.lora import apply_lora
 from raylm.model.gpt import GPT
 from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, load_weights, save_checkpoint
@@ -31,6 +33,34 @@ from raylm.train.schedule import learning_rate
 
 FAULT_MARKER = "fault-injected"
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
+
+
+class MemoryShard:
+    """A worker's equal share of a small split the driver put in the object store as one table,
+    with the part of a Ray Data shard's interface the loop uses. Its shuffle is a permutation of
+    the whole share, seeded per epoch (a Ray Data shard shuffles within a local buffer)."""
+
+    def __init__(self, table_ref: ray.ObjectRef, rank: int, world: int):
+        table = ray.get(table_ref)
+        rows = table.num_rows // world  # equal shares, as Ray Data's split(equal=True)
+        share = table.slice(rank * rows, rows)
+        self.rows, self.columns = rows, {name: windows_array(share.column(name)) for name in share.column_names}
+
+    def iter_torch_batches(self, batch_size: int, drop_last: bool = False, local_shuffle_buffer_size: int | None = None,
+                           local_shuffle_seed: int | None = None):
+        order = (np.random.default_rng(local_shuffle_seed).permutation(self.rows) if local_shuffle_buffer_size
+                 else np.arange(self.rows))
+        end = self.rows - self.rows % batch_size if drop_last else self.rows
+        for start in range(0, end, batch_size):
+            chosen = order[start : start + batch_size]
+            yield {name: torch.from_numpy(column[chosen]) for name, column in self.columns.items()}
+
+
+def shard_of(split: str, payload: dict, rank: int, world: int):
+    """This worker's part of a split: its share of a table in the object store, or its Ray Data shard."""
+    if split in payload["in_memory"]:
+        return MemoryShard(payload["in_memory"][split], rank, world)
+    return ray.train.get_dataset_shard(split)
 
 
 class Batches:
@@ -115,9 +145,9 @@ def train_loop_per_worker(payload: dict) -> None:
             state = {**load_checkpoint(directory, model, optimizer, rank), "world_size": world}
     else:
         torch.manual_seed(train.seed + 1 + rank)  # each rank its own dropout stream
-    batches = Batches(ray.train.get_dataset_shard("train"), train.batch_size, train.shuffle_buffer, train.seed,
+    batches = Batches(shard_of("train", payload, rank, world), train.batch_size, train.shuffle_buffer, train.seed,
                       state["epoch"], state["consumed"])
-    val_shard = ray.train.get_dataset_shard("val") if payload["has_val"] else None
+    val_shard = shard_of("val", payload, rank, world) if payload["has_val"] else None
     budget_seconds = train.max_minutes * 60 if train.max_minutes else None
     log = RunLog(run_dir, total_steps, budget_seconds) if rank == 0 else None
     nodes = [None] * world  # Ray node ids: Train's node rank goes by IP, and nodes may share one

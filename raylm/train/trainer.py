@@ -9,6 +9,7 @@ the data, streamed from the files when it is large.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from raylm.train.loop import step_plan, train_loop_per_worker
 MANIFEST = "manifest.json"
 DATA_CPUS = 1.0  # left to Ray Data: its file-listing and read tasks each need a whole CPU
 CACHE_BYTES = 512 << 20  # a split this small is read once and kept in the object store
-DRIVER_READ_BYTES = 64 << 20  # ... and one this small is read by the driver, not by a Ray Data job
+DRIVER_READ_BYTES = 64 << 20  # ... and one this small is read by the driver and shared out by the workers
 
 
 def read_manifest(data: str) -> dict:
@@ -124,9 +125,20 @@ def pretrain(config: Config, address: str | None = None, num_cpus: int | None = 
 
 
 def run(job: TrainingJob, log=print, callbacks: tuple = ()) -> ray.train.Result:
+    _short_run_settings()
     result = build_trainer(job, log, callbacks).fit()
     log(f"{job.command}: finished; checkpoint {result.checkpoint.path if result.checkpoint else None}")
     return result
+
+
+def _short_run_settings() -> None:
+    """Ray Train settings (read from the driver's environment, which the user's overrides) that cost
+    short runs seconds: the controller polls its workers every 2 s by default, so a finished run
+    waited up to that long to end; 0.5 s is cheap. And on a Ray raylm started itself, where no
+    node is ever drained, no preemption watcher: an actor process less per run."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if not runtime.joined_cluster():
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTrainer:
@@ -153,7 +165,8 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
             "from here on is not the one an uninterrupted run would have seen")
         log(f"{job.command}: resuming from step {saved['step']} ({resume}){note}")
 
-    datasets, val_tokens_per_byte = _datasets(job)
+    splits, val_tokens_per_byte = _datasets(job)
+    in_memory = {name: split for name, split in splits.items() if isinstance(split, ray.ObjectRef)}
     storage_fs, storage_path = storage.filesystem(storage.absolute(train.storage))
     reserved = worker_cpus(config, runtime.cluster_cpus())
     if reserved < train.cpus_per_worker:
@@ -165,7 +178,8 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
             "config": config.model_dump(mode="json"),
             "run_dir": run_dir,
             "seq_len": job.seq_len,
-            "has_val": "val" in datasets,
+            "has_val": "val" in splits,
+            "in_memory": in_memory,
             "val_tokens_per_byte": val_tokens_per_byte,
             "init_checkpoint": job.init_checkpoint,
             "eval_at_start": job.eval_at_start,
@@ -181,22 +195,23 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
             failure_config=FailureConfig(max_failures=train.max_failures),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
+        datasets={name: split for name, split in splits.items() if name not in in_memory},
         # Ordered reads, no locality reshuffling: every run sees the same batches in the same order.
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True), enable_shard_locality=False),
     )
 
 
-def _datasets(job: TrainingJob) -> tuple[dict[str, ray.data.Dataset], float]:
-    """The train and (when every worker gets a row) val datasets, and the val split's tokens per
-    byte for bits per byte. Small data is read once into the object store."""
+def _datasets(job: TrainingJob) -> tuple[dict[str, ray.data.Dataset | ray.ObjectRef], float]:
+    """The train and (when every worker gets a row) val splits, and the val split's tokens per
+    byte for bits per byte. A small split is one table in the object store, which the workers
+    share out among themselves (`loop.MemoryShard`); a large one a Ray Data dataset."""
     workers = job.config.train.workers
     if job.instructions is not None:
         rows = job.instructions
-        datasets = {"train": _in_order(ray.data.from_arrow(rows.train))}
+        splits = {"train": ray.put(rows.train)}
         if rows.val.num_rows >= workers:
-            datasets["val"] = _in_order(ray.data.from_arrow(rows.val))
-        return datasets, rows.val_tokens / max(1, rows.val_bytes)
+            splits["val"] = ray.put(rows.val)
+        return splits, rows.val_tokens / max(1, rows.val_bytes)
 
     splits, manifest = job.manifest["splits"], job.manifest
     block_size = job.seq_len if job.rows_per_window > 1 else None
@@ -214,15 +229,16 @@ def _split_bytes(manifest: dict, split: str) -> int:
     return manifest["splits"][split]["sequences"] * (manifest["seq_len"] + 1) * token_bytes
 
 
-def _split(shards: list[str], data: str, nbytes: int, block_size: int | None) -> ray.data.Dataset:
+def _split(shards: list[str], data: str, nbytes: int, block_size: int | None) -> ray.data.Dataset | ray.ObjectRef:
     """A split's windows in shard order, as rows of block_size + 1 tokens when given (windows longer
     than the model's context): streamed from the shards when large; read once into the object store
     when small, so epochs start without re-reading them — by the driver itself below
-    DRIVER_READ_BYTES, where a Ray Data job would cost more (seconds) than the read."""
+    DRIVER_READ_BYTES, as one table the workers take their shares of: a Ray Data job and its
+    coordinator actors would cost more (seconds, five processes) than the read."""
     if nbytes < DRIVER_READ_BYTES:
         fs = storage.filesystem(data)[0]
         table = pa.concat_tables(pq.read_table(storage.filesystem(shard)[1], filesystem=fs) for shard in shards)
-        return _in_order(ray.data.from_arrow(as_model_rows(table, block_size) if block_size else table))
+        return ray.put(as_model_rows(table, block_size) if block_size else table)
     dataset = _in_order(ray.data.read_parquet(shards, **_filesystem(data)))
     if block_size:
         dataset = dataset.map_batches(as_model_rows, fn_kwargs={"block_size": block_size}, batch_format="pyarrow")
