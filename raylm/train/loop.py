@@ -23,9 +23,9 @@ import torch.distributed as dist
 from raylm import storage
 from raylm.config import Config, TrainConfig
 from raylm.data.pack import windows_array
-from raylm.runtime import say
 from raylm.finetune.lora import apply_lora
 from raylm.model.gpt import GPT
+from raylm.runtime import say
 from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, load_weights, save_checkpoint
 from raylm.train.metrics import RunLog, peak_flops
 from raylm.train.parallelize import gradient_sync, parallelize, unwrap
@@ -208,7 +208,7 @@ def train_loop_per_worker(payload: dict) -> None:
                 console(log.progress(metrics, step_seconds))
             if "val_loss" in metrics:
                 console(f"eval step {step} | val loss {metrics['val_loss']:.4f} | ppl {metrics['val_ppl']:.2f} | "
-                    f"bpb {metrics['val_bpb']:.4f}")
+                        f"bpb {metrics['val_bpb']:.4f}")
         if step % train.checkpoint_every == 0 or finished:
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(directory, model, optimizer, state, rank)
