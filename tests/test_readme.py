@@ -75,7 +75,7 @@ def test_local_sources_command(user_folder):
     with RAYLM_VERBOSE=1: Ray's own console output comes back (tests/test_console.py: it is gone
     by default)."""
     printed = run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {"RAYLM_VERBOSE": "1"})
-    assert "prepare: wrote" in printed.stdout and "Ray's own logs are in" not in printed.stdout
+    assert "prepare: wrote" in printed.stdout and "Ray's own logs are in" not in printed.stdout + printed.stderr
     assert "Execution plan of Dataset" in printed.stderr and "streaming_executor.py" in printed.stderr
     manifest = json.loads((user_folder / "prepared" / "books" / "manifest.json").read_text())
     assert manifest["files"]["read"] == 6 and manifest["documents"]["kept_per_split"]["val"] >= 1

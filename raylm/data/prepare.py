@@ -479,8 +479,10 @@ def _heavy_filtering(manifest: dict) -> str | None:
     top = sorted(by_reason.items(), key=lambda item: -item[1])[:3]
     reasons = ", ".join(f"{reason} {n / total:.0%}" for reason, n in top)
     profile = manifest["config"]["data"]["filters"]["profile"]
-    fix = (f"data.filters.profile=none keeps it (now {profile!r}; 'auto' applies the web rules to records only), "
-           "or loosen data.filters.web.* / data.filters.code.*") if top[0][0] != "word_too_long" else \
-        splitting.fix_for(top[0][0])
+    if top[0][0] == "word_too_long":
+        fix = splitting.fix_for("word_too_long")
+    else:
+        fix = (f"data.filters.profile=none keeps it (now {profile!r}; 'auto' applies the web rules to records only), "
+               "or loosen data.filters.web.* / data.filters.code.*")
     return (f"prepare: the quality filters dropped {dropped / total:.0%} of the text ({dropped / 1e6:.2f} of "
             f"{total / 1e6:.2f} MB: {reasons}); {fix}")
