@@ -8,6 +8,6 @@ from pathlib import Path
 
 def run(command: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from raylm.cli import main
+    from raylm.cli import console
 
-    sys.exit(main([command, *sys.argv[1:]]))
+    console([command, *sys.argv[1:]])

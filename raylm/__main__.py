@@ -1,5 +1,3 @@
-import sys
+from raylm.cli import console
 
-from raylm.cli import main
-
-sys.exit(main())
+console()
