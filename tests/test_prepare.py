@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from conftest import read_split, shared_file, split_documents
 from corpus_kit import MIXED_NEWLINES, assert_shards_hold_the_kept_documents, bad_input_corpus, write_jsonl
 from raylm.config import load_config
+from raylm.data import dedup
 from raylm.data.prepare import _log_summary
 from raylm.data.sources import list_sources
 from raylm.errors import RaylmError
@@ -92,7 +93,10 @@ def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
     assert "2 documents were not UTF-8: data.fallback_encoding=latin-1" in "\n".join(summary)
 
 
-def test_planted_exact_and_near_duplicates_are_removed(run_prepare, tmp_path):
+@pytest.mark.parametrize("grouping", ["one task", "hash shuffles"])
+def test_planted_exact_and_near_duplicates_are_removed(run_prepare, tmp_path, monkeypatch, grouping):
+    if grouping == "hash shuffles":  # the path of corpora over a few million bucket rows
+        monkeypatch.setattr(dedup, "ONE_TASK_MAX_ROWS", 0)
     rng = random.Random(7)
     vocabulary = [f"w{i}" for i in range(3000)]
     originals = [" ".join(rng.choices(vocabulary, k=400)) for _ in range(40)]

@@ -7,10 +7,10 @@ false negatives around the threshold, as datasketch does.
 
 Exact hashes and bands share one bucket space. A document is removed when a bucket it belongs to holds a document with a smaller `order` (files
 of test, then val, then train sources; then position in file). So the first copy is kept, and a
-held-out document beats its training copy: no leakage into val/test. Every step — fingerprints,
-the per-bucket minimum, the join back — is a distributed Ray Data operation with vectorised
-kernels (one hash shuffle of bucket rows, one of removals, one join back); no process ever sees
-all documents.
+held-out document beats its training copy: no leakage into val/test. Fingerprints are a Ray Data
+map; the per-bucket minimum and the join back are vectorised kernels over hash shuffles (one of
+bucket rows, one of removals, one join back), so no process ever sees all documents — except for
+a corpus small enough that one task grouping its few million bucket rows beats three shuffles.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 import xxhash
 from ray.data import Dataset
 from ray.data.aggregate import Min
@@ -31,6 +32,7 @@ REASONS = ("exact_duplicate", "near_duplicate")  # code 0 wins when a document i
 WORD = re.compile(r"\w+")
 SHINGLE_CHUNK = 8192  # rows of the (shingles x permutations) matrix formed at once
 EXACT_SEED = 2**40  # apart from the band seeds 0..bands-1: exact and band buckets never mix
+ONE_TASK_MAX_ROWS = 8_000_000  # bucket rows (17 bytes each) one task groups: ~0.5M documents
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,6 +119,9 @@ def add_fingerprints(batch: pa.Table, config: DedupConfig) -> pa.Table:
     return batch.append_column("bucket_codes", pa.array(codes, pa.list_(pa.int8())))
 
 
+BUCKET_ROWS = pa.schema([("bucket", pa.uint64()), ("code", pa.int8()), ("order", pa.int64())])
+
+
 def _explode(batch: pa.Table) -> pa.Table:
     buckets = batch.column("buckets").combine_chunks()
     return pa.table({
@@ -135,39 +140,63 @@ def _not_first_in_bucket(partition: pa.Table) -> pa.Table:
     bucket = bucket[by_bucket_then_order]
     not_first = np.ones(len(bucket), dtype=bool)
     not_first[1:] = bucket[1:] == bucket[:-1]
-    not_first[0] = False
+    not_first[:1] = False
     chosen = by_bucket_then_order[not_first]
     return pa.table({"order": order[chosen], "code": partition.column("code").to_numpy()[chosen]})
 
 
-def find_duplicates(docs: Dataset, partitions: int) -> Dataset:
-    """One (order, code) row per document to remove; code indexes REASONS (exact wins)."""
+def deduplicate(docs: Dataset, config: DedupConfig, partitions: int) -> tuple[Dataset, int]:
+    """Docs (fingerprinted and materialized) with duplicates marked, fingerprints dropped, and how
+    many were marked. Up to ONE_TASK_MAX_ROWS bucket rows are grouped by one task; above, by
+    hash shuffles, whose fixed cost (seconds, measured on 2 cores) only pays off at scale."""
     rows = docs.select_columns(["order", "buckets", "bucket_codes"]).map_batches(_explode, batch_format="pyarrow")
+    slim = docs.drop_columns(["buckets", "bucket_codes"])
+    buckets_per_doc = config.exact + config.near * lsh_bands(config.threshold, config.num_perm)[0]
+    if docs.count() * buckets_per_doc <= ONE_TASK_MAX_ROWS:
+        removed = ray.get(_duplicates_in_one_task.remote(*rows.to_arrow_refs()))
+        marked = slim.map_batches(_mark_listed, fn_kwargs={"removed": removed}, batch_format="pyarrow")
+        return (marked if removed.num_rows else slim), removed.num_rows
+    removed = _duplicates_by_shuffle(rows, partitions).materialize()
+    count = removed.count()
+    marked = slim.join(removed, "left_outer", num_partitions=partitions, on=("order",)).map_batches(
+        _mark_joined, batch_format="pyarrow")
+    return (marked if count else slim), count
+
+
+@ray.remote
+def _duplicates_in_one_task(*blocks: pa.Table) -> pa.Table:
+    """The (order, code) rows to remove, from every bucket row at once."""
+    rows = pa.concat_tables(blocks) if blocks else BUCKET_ROWS.empty_table()
+    removed = _not_first_in_bucket(rows)
+    return removed.group_by("order").aggregate([("code", "min")]).rename_columns(["order", "code"])
+
+
+def _duplicates_by_shuffle(rows: Dataset, partitions: int) -> Dataset:
+    """The same rows, from hash partitions of the bucket rows, then a shuffle by document."""
     removed = rows.repartition(partitions, keys=["bucket"]).map_batches(
         _not_first_in_bucket, batch_size=None, batch_format="pyarrow"
     )
     return removed.groupby("order", num_partitions=partitions).aggregate(Min("code", alias_name="code"))
 
 
-def mark_duplicates(docs: Dataset, removed: Dataset, partitions: int) -> Dataset:
-    """Docs with `reason` set to the dedup reason (and text dropped, its size in `dropped_bytes`)
-    where they were removed."""
+def _mark_listed(batch: pa.Table, removed: pa.Table) -> pa.Table:
+    code = pc.take(removed.column("code"), pc.index_in(batch.column("order"), value_set=removed.column("order")))
+    return _mark(batch, code)
 
-    def mark(batch: pa.Table) -> pa.Table:
-        if "code" not in batch.column_names:  # joined with an empty partition of `removed`
-            return batch
-        code = batch.column("code")
-        removed_here = pc.is_valid(code)
-        reason = pc.if_else(
-            removed_here, pc.take(pa.array(REASONS), pc.fill_null(code, 0)), batch.column("reason")
-        )
-        text = pc.if_else(removed_here, "", batch.column("text"))
-        dropped_bytes = pc.if_else(removed_here, pc.cast(pc.binary_length(batch.column("text")), pa.int64()),
-                                   batch.column("dropped_bytes"))
-        batch = batch.drop_columns(["code", "reason", "text", "dropped_bytes"])
-        return batch.append_column("reason", reason).append_column("text", text).append_column("dropped_bytes", dropped_bytes)
 
-    slim = docs.drop_columns(["buckets", "bucket_codes"])
-    return slim.join(removed, "left_outer", num_partitions=partitions, on=("order",)).map_batches(
-        mark, batch_format="pyarrow"
-    )
+def _mark_joined(batch: pa.Table) -> pa.Table:
+    if "code" not in batch.column_names:  # joined with an empty partition of `removed`
+        return batch
+    return _mark(batch.drop_columns(["code"]), batch.column("code"))
+
+
+def _mark(batch: pa.Table, code: pa.ChunkedArray | pa.Array) -> pa.Table:
+    """`reason` set to the dedup reason (and text dropped, its size in `dropped_bytes`) where `code`
+    is not null."""
+    removed_here = pc.is_valid(code)
+    reason = pc.if_else(removed_here, pc.take(pa.array(REASONS), pc.fill_null(code, 0)), batch.column("reason"))
+    text = pc.if_else(removed_here, "", batch.column("text"))
+    dropped_bytes = pc.if_else(removed_here, pc.cast(pc.binary_length(batch.column("text")), pa.int64()),
+                               batch.column("dropped_bytes"))
+    batch = batch.drop_columns(["reason", "text", "dropped_bytes"])
+    return batch.append_column("reason", reason).append_column("text", text).append_column("dropped_bytes", dropped_bytes)

@@ -14,6 +14,7 @@ one step at the end, so an interrupted run never leaves a dataset that looks com
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import threading
@@ -206,14 +207,10 @@ def _documents(listing: SourceListing, data: DataConfig, clock) -> Dataset:
 def _deduplicate(docs: Dataset, data: DataConfig, phases: dict, log) -> Dataset:
     mark = time.time()
     partitions = max(2, int(runtime.cluster_cpus()), docs.size_bytes() // (256 << 20))
-    removed = dedup.find_duplicates(docs, partitions).materialize()
-    if removed.count():
-        docs = dedup.mark_duplicates(docs, removed, partitions)
-    else:
-        docs = docs.drop_columns(["buckets", "bucket_codes"])
+    docs, removed = dedup.deduplicate(docs, data.dedup, partitions)
     docs = docs.materialize()  # a pending task upstream of the tokenizer actors could starve
     phases["dedup"] = time.time() - mark
-    log(f"prepare: dedup marked {removed.count()} duplicates in {phases['dedup']:.1f}s")
+    log(f"prepare: dedup marked {removed} duplicates in {phases['dedup']:.1f}s")
     return docs
 
 
@@ -239,10 +236,8 @@ def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: 
     sample = docs.map_batches(_sample, fn_kwargs={"fraction": fraction}, batch_format="pyarrow",
                               num_cpus=LIGHT_TASK_CPUS).materialize()
     cpus = runtime.largest_node_cpus()
-    # Rayon sizes its thread pool from the environment, once, before the first call.
-    threads = {"env_vars": {"RAYON_NUM_THREADS": str(cpus), "TOKENIZERS_PARALLELISM": "true"}}
-    trained = _train_bpe_task.options(num_cpus=cpus, runtime_env=threads)
-    tokenizer_json = ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency))
+    trained = _train_bpe_task.options(num_cpus=cpus)
+    tokenizer_json = ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency, cpus))
     phases["tokenizer"] = time.time() - mark
     log(f"prepare: trained a {vocabulary(tokenizer_json)[0]}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
         f"in {phases['tokenizer']:.1f}s")
@@ -274,7 +269,10 @@ def _finish_batches(batch_stats: Dataset, seq_len: int, staging: str, dtype: str
 
 
 @ray.remote
-def _train_bpe_task(sample: Dataset, vocab_size: int, min_frequency: int) -> str:
+def _train_bpe_task(sample: Dataset, vocab_size: int, min_frequency: int, threads: int) -> str:
+    # Rayon sizes its thread pool from the environment at its first use in a process. Set here
+    # rather than as a runtime_env, which would start a worker process for it (1 s of a 1 MB run).
+    os.environ.update(RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
     texts = (t for b in sample.iter_batches(batch_format="pyarrow", batch_size=256) for t in b.column("text").to_pylist())
     return train_bpe(texts, vocab_size, min_frequency).to_str()
 
