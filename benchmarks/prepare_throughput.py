@@ -9,6 +9,8 @@ Every figure is measured in this run; ratios are against the raw baseline measur
 - tokenize stage: raylm's tokenize+pack+write stage on already-read documents (actor start-up in);
 - whole prepare: `raylm prepare` as a user runs it (a fresh process: Python and Ray start-up,
   reading, cleaning, packing and writing in), filters and dedup off, the same tokenizer given;
+  then the same with the tokenizer trained in the run (its defaults: 8,192 tokens, the sample
+  of data.tokenizer.sample_bytes), with its phases;
 - 1 -> 2 CPU scaling of the whole prepare; dedup throughput (documents/s) on one stdlib copy;
 - the driver's peak private RSS for 1 and `--copies` copies, sampled from /proc every 50 ms.
 """
@@ -132,6 +134,11 @@ def main() -> None:
         print(f"raylm prepare, whole (process):   {whole:6.2f} MB/s  ratio {whole / raw:.2f} "
               f"(vs encode_batch_fast {whole / raw_fast:.2f}; {elapsed:.1f}s wall, Ray start-up included)")
 
+        trained, elapsed_trained, _ = run_prepare(corpus, work / "trained", args.cpus, *fixed[1:])
+        phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in trained["phases_seconds"].items())
+        print(f"raylm prepare, tokenizer trained: {megabytes / elapsed_trained:6.2f} MB/s  ratio "
+              f"{megabytes / elapsed_trained / raw:.2f} ({elapsed_trained:.1f}s wall: {phases})")
+
         _, elapsed_single, _ = run_prepare(corpus, work / "single", 1, *fixed)
         print(f"raylm prepare, 1 CPU:             {megabytes / elapsed_single:6.2f} MB/s  "
               f"scaling 1 -> {args.cpus} CPUs: {elapsed_single / elapsed:.2f}x")
@@ -144,7 +151,7 @@ def main() -> None:
         docs = dedup["documents"]["read"]
         print(f"dedup (exact+near, 1 copy): {docs / seconds:.0f} documents/s "
               f"({docs} docs; fingerprints {dedup['stages']['fingerprint']['busy_seconds']:.1f} busy-s, "
-              f"bucket shuffle + join {dedup['phases_seconds']['dedup']:.1f}s; removed exact {dedup['dedup']['exact']}, "
+              f"bucket grouping + marking {dedup['phases_seconds']['dedup']:.1f}s; removed exact {dedup['dedup']['exact']}, "
               f"near {dedup['dedup']['near']})")
 
 
