@@ -12,7 +12,9 @@ default) on Tiny Shakespeare from ../shared/data; lines are stamped as they arri
   with RAYLM_VERBOSE=1 (the baseline prints them anyway);
 - a 1.1 MB `prepare` of the same text cut into paragraphs, no filters (the same work for code from
   before issue 12, where one file was one document): the manifest's phases and the wall time;
-- with --demo, `raylm demo --quick`: its stages, as it prints them.
+- with --demo, `raylm demo --quick`: its stages, as it prints them;
+- the current code's fit once more, joining a Ray that `ray start --head` started beforehand
+  (column "joined"; `ray stop` ends every Ray process on the machine afterwards).
 The baseline runs from a `git worktree` of REV (default: the code as issue 13 was filed) on
 PYTHONPATH, which Ray's local workers inherit. Runs alternate baseline, current.
 """
@@ -52,9 +54,9 @@ def stamped(command: list[str], env: dict[str, str], cwd: Path) -> tuple[list[tu
     return lines, time.perf_counter() - started
 
 
-def fit_phases(code: Path, env: dict[str, str], data: Path, work: Path) -> dict[str, float]:
-    command = [sys.executable, "-m", "raylm", "pretrain", f"train.data={data}", "model.preset=tiny", "train.workers=2",
-               "train.max_steps=2", "train.log_every=1", f"train.storage={work}", "train.name=startup"]
+def fit_phases(code: Path, env: dict[str, str], data: Path, work: Path, *options: str) -> dict[str, float]:
+    command = [sys.executable, "-m", "raylm", "pretrain", *options, f"train.data={data}", "model.preset=tiny",
+               "train.workers=2", "train.max_steps=2", "train.log_every=1", f"train.storage={work}", "train.name=startup"]
     lines, wall = stamped(command, {**env, "RAYLM_VERBOSE": "1"}, work)
     phases, mark = {}, 0.0
     for phase, pattern in FIT_MARKS:
@@ -63,6 +65,21 @@ def fit_phases(code: Path, env: dict[str, str], data: Path, work: Path) -> dict[
             raise SystemExit(f"{code}: no line matched {pattern!r}")
         phases[phase], mark = at - mark, at
     return {**phases, "wall": wall}
+
+
+def joined_fit_phases(env: dict[str, str], data: Path, work: Path) -> dict[str, float]:
+    """The same fit joining a local Ray that `ray start --head` started before (what someone
+    iterating on one machine can leave running): the command starts and stops no Ray. Its own
+    HOME holds the cluster's auth token; `ray stop` ends it."""
+    home = work / "home"
+    home.mkdir(parents=True)
+    env = {**env, "HOME": str(home)}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_cli, "start", "--head", "--num-cpus=2"], env=env, check=True, capture_output=True)
+    try:
+        return fit_phases(ROOT, env, data, work, "--address=auto")
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True)
 
 
 PARAGRAPHS = [r"data.document_separator='\n\n'", "data.filters.profile=none"]
@@ -90,10 +107,10 @@ def demo_phases(env: dict[str, str], work: Path) -> dict[str, float]:
     return {**phases, "wall": wall}
 
 
-def table(title: str, before: dict[str, float], after: dict[str, float]) -> str:
-    rows = [f"{title:52} {'baseline':>9} {'current':>9}"]
-    for phase in after:
-        rows.append(f"  {phase:50} {before.get(phase, float('nan')):8.1f}s {after[phase]:8.1f}s")
+def table(title: str, columns: dict[str, dict[str, float]]) -> str:
+    rows = [f"{title:52}" + "".join(f" {name:>9}" for name in columns)]
+    for phase in columns["current"]:
+        rows.append(f"  {phase:50}" + "".join(f" {column.get(phase, float('nan')):8.1f}s" for column in columns.values()))
     return "\n".join(rows)
 
 
@@ -120,13 +137,14 @@ def main() -> None:
                 results["prepare"][name] = prepare_phases(envs[name], work / "prepared", work)
                 if args.demo:
                     results["demo"][name] = demo_phases(envs[name], work)
+            results["fit"]["joined"] = joined_fit_phases(envs["current"], data, tmp / "runs-joined")
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], check=False)
     print(f"baseline {args.baseline} vs current ({os.cpu_count()} CPUs)")
-    print(table("pretrain, tiny, 2 workers, 2 steps", results["fit"]["baseline"], results["fit"]["current"]))
-    print(table("prepare, 1.1 MB, defaults", results["prepare"]["baseline"], results["prepare"]["current"]))
+    print(table("pretrain, tiny, 2 workers, 2 steps", results["fit"]))
+    print(table("prepare, 1.1 MB, defaults", results["prepare"]))
     if args.demo:
-        print(table("demo --quick", results["demo"]["baseline"], results["demo"]["current"]))
+        print(table("demo --quick", results["demo"]))
 
 
 if __name__ == "__main__":

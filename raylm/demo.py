@@ -113,7 +113,7 @@ def demo(output: str = "demo", quick: bool = False, num_cpus: int | None = None,
     def stage(name: str) -> None:
         log(f"\n=== demo: {name} ({time.time() - started:.0f}s) ===")
 
-    runtime.init_ray(None, num_cpus)
+    runtime.init_ray(None, num_cpus, dashboard=True)  # it runs a sweep
     prepared, runs = out / "prepared", out / "runs"
     stage(f"prepare {'a slice of ' if quick else ''}the Python standard library in {STDLIB}")
     prepare(load_config(None, [f"data.sources=[{','.join(size.sources)}]", "data.filters.profile=code",

@@ -34,12 +34,14 @@ def say(line: str) -> None:
     print(WORKER_LINE + line, file=sys.__stdout__, flush=True)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = True) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Start or join Ray once per process; later calls (and an already-connected driver) no-op,
     but for routing the console.
 
-    `dashboard=False` suits data-only runs: the local instance starts faster and its agents take no
-    CPU from the work. Ray Train needs it on (it frees finished runs' resources through it).
+    A local instance starts without the dashboard unless asked: a 2-step fit ends 1.9 s sooner
+    on 2 cores (its ten processes take no CPU from the work), and one process's consecutive fits
+    still get their workers back. A Tune sweep asks for it: its finished trials' resources are
+    freed through it.
     """
     if not ray.is_initialized():
         level = logging.WARNING if verbose() else logging.ERROR

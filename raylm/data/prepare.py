@@ -125,7 +125,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
     tokenizer_json = load_tokenizer_json(data.tokenizer.path) if data.tokenizer.path else None
     output = storage.absolute(data.output)
     storage.check_writable(output)
-    runtime.init_ray(address, num_cpus, dashboard=False)
+    runtime.init_ray(address, num_cpus)
     input_bytes = sum(f.size for f in listing.files)
     log(f"prepare: {len(listing.files)} file{'s' * (len(listing.files) > 1)}, {input_bytes / 1e6:.1f} MB -> {output}")
 

@@ -189,7 +189,7 @@ def evaluate(run_dir: str, inputs: list[str], workers: int | None = None, addres
     if workers is None and heldout.num_windows <= RAY_WINDOWS:
         nats, count, histogram = _score(model, heldout.read())
     else:
-        runtime.init_ray(address, num_cpus, dashboard=False)
+        runtime.init_ray(address, num_cpus)
         workers = workers or max(1, int(runtime.cluster_cpus()))
         nats, count, histogram = _score_on_ray(storage.absolute(run_dir), heldout, workers)
     return {

@@ -106,7 +106,7 @@ def tune(config: Config, address: str | None = None, num_cpus: int | None = None
     config = with_absolute_paths(config)
     first_point = {key: next(iter(spec.values()))[0] for key, spec in settings.search_space.items()}
     plan_trial(config, first_point, "trial-check")  # every key, the data and the output, before Ray starts
-    runtime.init_ray(address, num_cpus)
+    runtime.init_ray(address, num_cpus, dashboard=True)
 
     sweep_dir = sweep_folder(config)
     concurrency = max_concurrent_trials(config)
