@@ -46,6 +46,7 @@ FIT_MARKS = [  # (phase that ends at the first line matching, regex)
 def stamped(command: list[str], env: dict[str, str], cwd: Path) -> tuple[list[tuple[float, str]], float]:
     """The lines a command prints (stdout and stderr, merged) with their arrival times, and its wall time."""
     started = time.perf_counter()
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # a line's time is when it was printed, not when a buffer filled
     process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = [(time.perf_counter() - started, line.rstrip("\n")) for line in process.stdout]
     if process.wait():
