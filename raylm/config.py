@@ -223,17 +223,34 @@ def model_presets() -> dict[str, dict]:
     return yaml.safe_load(PRESETS_FILE.read_text())
 
 
+class RopeScaling(StrictModel):
+    """Llama 3's RoPE frequency scaling (`rope_scaling` with rope_type "llama3" in a Hugging Face
+    config): long wavelengths slowed by `factor`, short ones kept, a smooth ramp between."""
+
+    rope_type: Literal["llama3"] = Field("llama3", description="The only kind raylm applies.")
+    factor: float = Field(gt=0, description="Slow-down of the long wavelengths.")
+    low_freq_factor: float = Field(gt=0, description="Wavelengths above original_max_position_embeddings / this are slowed fully.")
+    high_freq_factor: float = Field(gt=0, description="Wavelengths below original_max_position_embeddings / this are kept.")
+    original_max_position_embeddings: int = Field(ge=1, description="Context the frequencies were trained for.")
+
+
 class ModelConfig(StrictModel):
-    preset: str = Field("tiny", description="Named architecture from raylm/model/presets.yaml; the fields below override it.")
+    preset: str | None = Field("tiny", description="Named architecture from raylm/model/presets.yaml; the fields below "
+                               "override it. None: every field given (a model read from a Hugging Face folder).")
     n_layer: int = Field(ge=1, description="Transformer blocks.")
     n_head: int = Field(ge=1, description="Attention heads per block.")
+    n_kv_head: int | None = Field(None, ge=1, description="Key/value heads (grouped-query attention; 1 is multi-query); default n_head.")
     n_embd: int = Field(ge=1, description="Width of the residual stream.")
+    head_dim: int | None = Field(None, ge=1, description="Width of one head; default n_embd / n_head.")
     block_size: int = Field(ge=2, description="Context length in tokens (the longest sequence the model takes).")
     vocab_size: int | None = Field(None, ge=2, description="Vocabulary size; default: that of the training data's tokenizer.")
     mlp: Literal["swiglu", "gelu"] = Field("swiglu", description="Feed-forward block: SwiGLU (default) or GELU.")
     mlp_hidden: int | None = Field(None, ge=1, description="Feed-forward width; default 4*n_embd (GELU) or 8/3*n_embd rounded up to 64 (SwiGLU).")
     positions: Literal["rope", "learned"] = Field("rope", description="Rotary position embeddings (default) or a learned table.")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    rope_scaling: RopeScaling | None = Field(None, description="Llama 3 RoPE scaling, as an imported checkpoint gives it; none by default.")
+    tie_embeddings: bool = Field(True, description="The lm_head is the token embedding (one matrix); false: a separate output matrix.")
+    qkv_bias: bool = Field(False, description="Biases on the query, key and value projections (Qwen2); none by default.")
     dropout: Fraction = Field(0.0, description="Dropout on attention, residual and embedding outputs (0 for pretraining).")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
 
@@ -244,15 +261,27 @@ class ModelConfig(StrictModel):
             return values
         presets = model_presets()
         name = values.get("preset", "tiny")
+        if name is None:
+            return values
         if name not in presets:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
         return {**presets[name], **values}
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "ModelConfig":
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+    def _heads_fit(self) -> "ModelConfig":
+        if self.head_dim is None and self.n_embd % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd}), or give model.head_dim")
+        if self.n_head % self.kv_heads:
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})")
         return self
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
 
 # -------------------------------------------------------------------------------------- train

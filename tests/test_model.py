@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from raylm.config import ModelConfig
-from raylm.model.gpt import GPT, Block, apply_rope, rope_tables
+from raylm.config import ModelConfig, RopeScaling
+from raylm.model.gpt import GPT, Block, apply_rope, llama3_scaled, rope_tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -140,6 +140,89 @@ def test_param_groups_cover_every_parameter_once(positions):
     assert sorted(names[id(p)].split(".", 2)[-1] for p in decay["params"]) == sorted(
         ["attn.qkv.weight", "attn.proj.weight", "mlp.w1.weight", "mlp.w2.weight", "mlp.w3.weight"] * 2
     )
+
+
+# ------------------------------------------------------- options of imported architectures
+
+
+def test_grouped_query_heads_share_their_key_value_head():
+    """A model with 1 key/value head per 2 query heads computes what the full-headed model does
+    whose key/value weights are those heads repeated (each serves the query heads of its group)."""
+    gqa = build(n_head=4, n_kv_head=2, n_embd=64)
+    full = build(n_head=4, n_embd=64)
+    state = gqa.state_dict()
+    for i, block in enumerate(gqa.blocks):
+        q, k, v = block.attn.qkv.weight.split([64, 32, 32])
+        repeat = lambda w: w.view(2, 16, 64).repeat_interleave(2, dim=0).reshape(64, 64)  # noqa: E731
+        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat([q, repeat(k), repeat(v)])
+    full.load_state_dict(state)
+    idx = tokens(2, 24)
+    torch.testing.assert_close(gqa(idx)[0], full(idx)[0])
+    assert gqa.blocks[0].attn.qkv.weight.shape == (64 + 2 * 32, 64)
+    assert gqa.num_params() == full.num_params() - 2 * 2 * 32 * 64
+
+
+@pytest.mark.parametrize("fields", [{"n_head": 4, "n_kv_head": 1}, {"head_dim": 48, "n_kv_head": 1}, {"qkv_bias": True}])
+def test_the_kv_cache_gives_the_full_forward_logits(fields):
+    model = build(**fields).eval()
+    if "qkv_bias" in fields:  # zero at init: give them values that matter
+        for block in model.blocks:
+            torch.nn.init.normal_(block.attn.qkv.bias, std=0.5)
+    idx = tokens(2, 20)
+    full, _ = model(idx)
+    cache = model.new_cache(2)
+    first, _ = model(idx[:, :12], cache=cache)
+    steps = [model(idx[:, t : t + 1], cache=cache)[0] for t in range(12, 20)]
+    torch.testing.assert_close(torch.cat([first, *steps], dim=1), full, atol=1e-5, rtol=1e-4)
+    assert cache.keys.shape[2] == model.config.kv_heads
+
+
+def test_head_dim_apart_from_the_width():
+    model = build(n_embd=64, n_head=2, head_dim=48)
+    assert model.blocks[0].attn.qkv.weight.shape == (3 * 2 * 48, 64)
+    assert model.blocks[0].attn.proj.weight.shape == (64, 2 * 48)
+    assert model.rope_cos.shape == (128, 24)
+    assert model.flops_per_token() == 6 * model.num_params() + 12 * 2 * 2 * 48 * 128
+    assert model(tokens(1, 8))[0].shape == (1, 8, VOCAB)
+
+
+def test_untied_embeddings_are_two_matrices_and_the_lookup_is_no_flops():
+    model = build(tie_embeddings=False)
+    assert model.lm_head.weight is not model.wte.weight
+    assert model.num_params(non_embedding=False) == tiny_params_by_hand() + VOCAB * 64
+    assert model.num_params() == tiny_params_by_hand()  # wte is a lookup; the lm_head matmul counts
+    with torch.device("meta"):
+        meta = GPT(model.config)
+    meta.to_empty(device="cpu")
+    meta.init_weights()
+    assert meta.lm_head.weight is not meta.wte.weight
+    decay, _ = model.param_groups(0.1)
+    assert any(p is model.lm_head.weight for p in decay["params"])
+
+
+def test_qkv_biases_start_at_zero_and_are_not_decayed():
+    model = build(qkv_bias=True)
+    bias = model.blocks[0].attn.qkv.bias
+    assert bias.shape == (3 * 64,) and not bias.any()
+    _, no_decay = model.param_groups(0.1)
+    assert any(p is bias for p in no_decay["params"])
+    assert model.num_params() == tiny_params_by_hand() + 2 * 3 * 64
+
+
+def test_llama3_rope_scaling_slows_long_wavelengths_only():
+    scaling = RopeScaling(factor=8, low_freq_factor=1, high_freq_factor=4, original_max_position_embeddings=64)
+    inv_freq = 10000.0 ** -(torch.arange(0, 32, 2, dtype=torch.float32) / 32)
+    wavelength = 2 * math.pi / inv_freq
+    scaled = llama3_scaled(inv_freq, scaling)
+    short, long = wavelength < 64 / 4, wavelength > 64 / 1
+    assert short.any() and long.any() and not (short & long).any()
+    torch.testing.assert_close(scaled[short], inv_freq[short])
+    torch.testing.assert_close(scaled[long], inv_freq[long] / 8)
+    between = ~short & ~long
+    assert ((scaled[between] < inv_freq[between]) & (scaled[between] > inv_freq[between] / 8)).all()
+    cos, _ = rope_tables(32, 16, 10000.0, scaling)
+    assert not torch.allclose(cos, rope_tables(32, 16, 10000.0)[0])
+    assert build(rope_scaling=scaling.model_dump()).rope_cos.shape == (128, 16)
 
 
 # ------------------------------------------------------------------------------------- init

@@ -1,8 +1,10 @@
 """A decoder-only transformer in the shape of nanoGPT's model.py, with modern defaults.
 
-Pre-norm blocks with RMSNorm, fused-qkv causal attention through scaled_dot_product_attention,
-RoPE or a learned position table, SwiGLU or GELU feed-forward, no biases, and an lm_head tied to a
-token embedding padded to a multiple of 64. `blocks` is a ModuleList of `Block`s so that training
+Pre-norm blocks with RMSNorm, fused-qkv causal attention through scaled_dot_product_attention
+(grouped-query when there are fewer key/value heads than query heads), RoPE (optionally with Llama
+3's frequency scaling) or a learned position table, SwiGLU or GELU feed-forward, no biases but
+Qwen2's optional qkv ones, and an lm_head tied (or not) to a token embedding padded to a multiple
+of 64. Llama, Mistral and Qwen2 checkpoints are this model with their options set. `blocks` is a ModuleList of `Block`s so that training
 code can wrap each one with FSDP2 `fully_shard` and activation checkpointing. For generation, a
 `KVCache` keeps the keys and values of the tokens already seen, so each new token costs one
 position's forward pass instead of the whole context's.
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raylm.config import ModelConfig
+from raylm.config import ModelConfig, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -33,11 +35,24 @@ class RMSNorm(nn.Module):
         return h.type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, length: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(head_dim: int, length: int, theta: float, scaling: RopeScaling | None = None,
+                device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotation angles, [length, head_dim / 2], in fp32 whatever the model dtype."""
     inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    if scaling is not None:
+        inv_freq = llama3_scaled(inv_freq, scaling)
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
+
+
+def llama3_scaled(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's long-context frequencies: a wavelength longer than the original context over
+    low_freq_factor turns `factor` times slower, one shorter than it over high_freq_factor stays,
+    and those between blend the two linearly in context / wavelength."""
+    wavelength = 2 * math.pi / inv_freq
+    context = s.original_max_position_embeddings
+    blend = ((context / wavelength - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)).clamp(0, 1)
+    return (1 - blend) * inv_freq / s.factor + blend * inv_freq
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -54,13 +69,13 @@ class KVCache:
     preallocated for block_size positions so that appending a token copies one position, not all."""
 
     def __init__(self, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
+        shape = (config.n_layer, batch_size, config.kv_heads, config.block_size, config.head_size)
         self.keys = torch.empty(shape, device=device, dtype=dtype)
         self.values = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0  # advanced by GPT.forward once every layer has stored its positions
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store `layer`'s keys and values of the new positions (k, v: [B, H, T, head_dim]) after the
+        """Store `layer`'s keys and values of the new positions (k, v: [B, H_kv, T, head_dim]) after the
         cached ones; return all of that layer's keys and values so far."""
         end = self.length + k.shape[2]
         self.keys[layer, :, :, self.length : end] = k
@@ -69,20 +84,26 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """One fused projection gives the queries of n_head heads, then the keys and values of
+    n_kv_head heads; each key/value head serves n_head / n_kv_head query heads."""
+
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer  # its slot in a KVCache
-        self.n_head = config.n_head
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.kv_heads, config.head_size
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.qkv = nn.Linear(config.n_embd, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=config.qkv_bias)
+        self.proj = nn.Linear(self.n_head * self.head_dim, config.n_embd, bias=False)
         self.resid_drop = nn.Dropout(config.dropout)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, cache: KVCache | None = None
     ) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).transpose(1, 3).unbind(2)
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.n_head * self.head_dim, *[self.n_kv_head * self.head_dim] * 2], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cos is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = None
@@ -92,9 +113,10 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(self.layer, k, v)
         # Plain causal when no keys come from the cache; a lone new token after them sees them all.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=k.shape[2] == T, dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
         )
-        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)))
 
 
 class MLP(nn.Module):
@@ -137,9 +159,9 @@ class GPT(nn.Module):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("model.vocab_size is not set: it comes from the tokenizer of the prepared data")
-        head_dim = config.n_embd // config.n_head
+        head_dim = config.head_size
         if config.positions == "rope" and head_dim % 2:
-            raise ValueError(f"RoPE needs an even head size, got n_embd / n_head = {head_dim}")
+            raise ValueError(f"RoPE needs an even head size, got {head_dim} (model.head_dim, or n_embd / n_head)")
         self.config = config
         self.vocab_size = config.vocab_size
         self.padded_vocab_size = -(-config.vocab_size // 64) * 64
@@ -150,7 +172,7 @@ class GPT(nn.Module):
         self.norm = RMSNorm(config.n_embd, config.norm_eps)
         self.lm_head = nn.Linear(config.n_embd, self.padded_vocab_size, bias=False)  # tied in init_weights
         if config.positions == "rope":
-            cos, sin = rope_tables(head_dim, config.block_size, config.rope_theta)
+            cos, sin = rope_tables(head_dim, config.block_size, config.rope_theta, config.rope_scaling)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -161,10 +183,13 @@ class GPT(nn.Module):
         variance does not grow with depth. Called again after building on the meta device and
         materialising with `to_empty()`, which leaves parameters and the RoPE tables uninitialised
         and gives lm_head and wte separate tensors, so the tie is (re)made here."""
-        self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and scores them out
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one matrix reads tokens in and scores them out
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         for block in self.blocks:
@@ -172,7 +197,7 @@ class GPT(nn.Module):
                 nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
         if self.config.positions == "rope":
             c = self.config
-            cos, sin = rope_tables(c.n_embd // c.n_head, c.block_size, c.rope_theta, device=self.rope_cos.device)
+            cos, sin = rope_tables(c.head_size, c.block_size, c.rope_theta, c.rope_scaling, device=self.rope_cos.device)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
 
@@ -213,11 +238,14 @@ class GPT(nn.Module):
         return logits, loss
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters, the tied matrix once; non_embedding drops the position table (the token
-        embedding stays, since it is also the lm_head), as nanoGPT counts."""
+        """Parameters, a tied matrix once; non_embedding drops the lookup tables that do no
+        matmul: the position table and an untied token embedding (a tied one is also the
+        lm_head, so it stays, as nanoGPT counts)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.wpe is not None:
             n -= self.wpe.weight.numel()
+        if non_embedding and not self.config.tie_embeddings:
+            n -= self.wte.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -225,7 +253,7 @@ class GPT(nn.Module):
         attention's QK^T and AV, which grow with the sequence length."""
         c = self.config
         T = seq_len or c.block_size
-        return float(6 * self.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * T)
+        return float(6 * self.num_params() + 12 * c.n_layer * c.n_head * c.head_size * T)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: matmul weights decayed; embeddings (so the tied head), norms and 1-D
