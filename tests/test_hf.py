@@ -1,0 +1,114 @@
+"""Hugging Face folders of the Llama, Mistral and Qwen2 families read as raylm GPTs, and raylm's
+tensors given back: tiny random models built and saved by transformers in the test (no downloads),
+the logits and greedy tokens of both sides compared in fp32."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from raylm.config import ModelConfig
+from raylm.errors import RaylmError
+from raylm.model.gpt import GPT
+from raylm.model.hf import from_hf_tensors, model_fields, read_folder, to_hf_tensors
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB = 300  # not a multiple of 64: raylm pads its embedding, the logits must not see it
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+FAMILIES = {
+    "llama-gqa-untied": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
+                                                                 tie_word_embeddings=False)),
+    "llama-mqa-tied-llama3-rope": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=4, num_key_value_heads=1,
+                                                                           tie_word_embeddings=True,
+                                                                           rope_parameters=LLAMA3_ROPE)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
+                                                           sliding_window=None, head_dim=24)),
+    "qwen2-qkv-bias": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
+                                                              tie_word_embeddings=True)),
+}
+
+
+def hf_model(family: str, folder):
+    """A random model of the family, its biases and norms random too (they start at 0 and 1),
+    saved with save_pretrained."""
+    config_class, model_class, fields = FAMILIES[family]
+    torch.manual_seed(0)
+    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**COMMON, **fields)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
+    model.save_pretrained(folder)
+    return model
+
+
+def raylm_model(folder) -> GPT:
+    hf, tensors = read_folder(str(folder))
+    model = GPT(ModelConfig(**model_fields(hf, str(folder))))
+    model.load_state_dict(from_hf_tensors(tensors, model.config, str(folder)), strict=True)
+    return model.eval()
+
+
+def ids(length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (2, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_folder_gives_the_logits_and_greedy_tokens_of_transformers(family, tmp_path):
+    theirs = hf_model(family, tmp_path)
+    ours = raylm_model(tmp_path)
+    idx = ids(48)  # past the 16 positions where llama3 scaling starts to matter
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], theirs(idx).logits, atol=2e-5, rtol=1e-4)
+        theirs.generation_config.eos_token_id = None  # a random model may well pick it: no early stop
+        expected = theirs.generate(idx[:, :8], max_new_tokens=12, do_sample=False, pad_token_id=0)[:, 8:]
+        cache, step, greedy = ours.new_cache(2), idx[:, :8], []
+        for _ in range(12):
+            step = ours(step, cache=cache)[0][:, -1:].argmax(-1)
+            greedy.append(step)
+    assert torch.equal(torch.cat(greedy, dim=1), expected)
+    config = ours.config
+    assert (config.kv_heads, config.tie_embeddings, config.qkv_bias) == (
+        theirs.config.num_key_value_heads, theirs.config.tie_word_embeddings, family.startswith("qwen2"))
+    assert ours.num_params(non_embedding=False) == sum(p.numel() for p in theirs.parameters()) + (
+        (1 if config.tie_embeddings else 2) * (ours.padded_vocab_size - VOCAB) * 64)
+
+
+@pytest.mark.parametrize("family", ["llama-gqa-untied", "qwen2-qkv-bias"])
+def test_raylm_tensors_load_into_transformers_and_score_the_same(family, tmp_path):
+    theirs = hf_model(family, tmp_path)
+    ours = raylm_model(tmp_path)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # raylm's own weights now, not the folder's
+        theirs.load_state_dict(to_hf_tensors(ours.state_dict(), ours.config), strict=not ours.config.tie_embeddings)
+        idx = ids(32, seed=1)
+        torch.testing.assert_close(theirs(idx).logits, ours(idx)[0], atol=2e-5, rtol=1e-4)
+
+
+def test_what_raylm_cannot_compute_is_refused_with_the_key(tmp_path):
+    hf = json.loads(json.dumps(hf_model("llama-gqa-untied", tmp_path).config.to_dict()))
+    for change, key in [({"model_type": "gemma"}, "model_type 'gemma'"), ({"hidden_act": "gelu"}, "hidden_act"),
+                        ({"mlp_bias": True}, "mlp_bias"), ({"rope_parameters": {"rope_type": "yarn"}}, "rope_type 'yarn'")]:
+        with pytest.raises(RaylmError, match=key):
+            model_fields({**hf, **change}, "folder")
+    _, tensors = read_folder(str(tmp_path))
+    config = ModelConfig(**{**model_fields(hf, "folder"), "mlp_hidden": 128})
+    with pytest.raises(RaylmError, match=r"gate_proj.weight has shape \(96, 64\), the config says \(128, 64\)"):
+        from_hf_tensors(tensors, config, "folder")
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    with pytest.raises(RaylmError, match=r"\.bin weights only; raylm reads safetensors"):
+        read_folder(str(tmp_path))
+
+
+def test_a_sliding_window_caps_the_context_where_it_equals_full_attention():
+    fields = model_fields({"model_type": "mistral", "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 10,
+                           "intermediate_size": 96, "num_hidden_layers": 1, "max_position_embeddings": 32768,
+                           "sliding_window": 4096}, "folder")
+    assert fields["block_size"] == 4096
