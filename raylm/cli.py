@@ -93,7 +93,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from raylm.eval.evaluate import load_model
+    from raylm.train.checkpoint import load_model
     from raylm.eval.generate import check_sampling, generate
 
     check_sampling(args.temperature, args.top_k, args.top_p)

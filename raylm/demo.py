@@ -95,7 +95,8 @@ def docstring_pairs(folders: list[str], limit: int, max_chars: int) -> list[dict
 
 def demo(output: str = "demo", quick: bool = False, num_cpus: int | None = None, log=print) -> dict:
     from raylm.data.prepare import prepare
-    from raylm.eval.evaluate import evaluate, load_model
+    from raylm.eval.evaluate import evaluate
+    from raylm.train.checkpoint import load_model
     from raylm.eval.generate import generate
     from raylm.finetune.finetune import finetune
     from raylm.report.report import write_report

@@ -60,7 +60,7 @@ def test_the_demo_walks_the_whole_path(demo):
 def assert_merged_model_is_the_adapted_one(run: Path, base_run: Path) -> None:
     """<run>/merged (LoRA folded in and saved) scores like the LoRA run merged on load, unlike the
     base model, and only the adapted projections changed."""
-    from raylm.eval.evaluate import load_model
+    from raylm.train.checkpoint import load_model
 
     merged, _, merged_config, _ = load_model(str(run / "merged"))
     adapted = load_model(str(run))[0]

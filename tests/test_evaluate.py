@@ -21,7 +21,8 @@ from tokenizers import Tokenizer
 from raylm.data.pack import model_rows
 from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
-from raylm.eval.evaluate import evaluate, load_model
+from raylm.eval.evaluate import evaluate
+from raylm.train.checkpoint import load_model
 from run_kit import SEQ_LEN, make_run
 
 ANIMALS, THINGS, COLOURS = ["cat", "dog", "owl", "fox", "hen"], ["mat", "log", "rug", "box"], ["red", "blue", "green"]

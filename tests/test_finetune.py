@@ -16,8 +16,8 @@ from conftest import shared_file
 from raylm.config import load_config
 from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
-from raylm.finetune.instructions import encode_pairs, read_pairs
-from raylm.finetune.lora import apply_lora, merge_lora
+from raylm.data.instructions import encode_pairs, read_pairs
+from raylm.model.lora import apply_lora, merge_lora
 from raylm.model.gpt import GPT
 from raylm.train.loop import IGNORE_INDEX, inputs_and_targets
 from run_kit import make_run
@@ -67,10 +67,14 @@ def test_unusable_instruction_lines_are_counted_by_reason(tmp_path):
     assert skipped == {"malformed_json": 1, "non_object_json": 1, "missing_field": 1, "non_string_or_empty_field": 1}
 
 
-def test_lora_starts_at_the_base_model_and_merges_into_it():
+@pytest.mark.parametrize("qkv_bias", [False, True], ids=["no-bias", "qwen2-qkv-bias"])
+def test_lora_starts_at_the_base_model_and_merges_into_it(qkv_bias):
     torch.manual_seed(0)
-    config = load_config(None, ["model.vocab_size=300", "finetune.lora.rank=4"])
+    config = load_config(None, ["model.vocab_size=300", "finetune.lora.rank=4", f"model.qkv_bias={qkv_bias}"])
     model = GPT(config.model)
+    if qkv_bias:
+        for block in model.blocks:
+            torch.nn.init.normal_(block.attn.qkv.bias, std=0.5)  # frozen, and kept by the merge
     x = torch.randint(300, (2, 16))
     base = model(x)[0]
     apply_lora(model, config.finetune.lora)

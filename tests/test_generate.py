@@ -14,7 +14,7 @@ from conftest import shared_file
 from raylm.cli import main
 from raylm.config import ModelConfig
 from raylm.errors import RaylmError
-from raylm.eval.evaluate import load_model
+from raylm.train.checkpoint import load_model
 from raylm.eval.generate import TextStream, generate, sample
 from raylm.model.gpt import GPT
 from run_kit import make_run

@@ -121,7 +121,7 @@ def test_a_worker_death_restarts_from_the_checkpoint_and_continues_exactly(prepa
 
 def test_a_corrupt_checkpoint_is_skipped_with_a_warning_and_the_run_resumes_from_the_one_before(
         prepared, reference_run, reference, tmp_path, capsys):
-    from raylm.eval.evaluate import load_model
+    from raylm.train.checkpoint import load_model
     from raylm.train.checkpoint import latest_complete
 
     run = tmp_path / "ref"

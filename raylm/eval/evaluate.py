@@ -13,7 +13,6 @@ only sums one small row per batch.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,13 +22,11 @@ import torch
 from tokenizers import Tokenizer
 
 from raylm import runtime, storage
-from raylm.config import Config, run_config
 from raylm.data.pack import as_model_rows, model_rows, windows_array
 from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
-from raylm.finetune.lora import apply_lora, merge_lora
 from raylm.model.gpt import GPT
-from raylm.train.checkpoint import latest_complete, load_weights
+from raylm.train.checkpoint import load_model
 from raylm.train.trainer import DATA_CPUS, read_manifest, rows_per_window
 
 BATCH = 16  # windows per forward pass
@@ -37,21 +34,6 @@ RAY_WINDOWS = 4096  # more windows than this are scored on Ray
 # Windows per Ray Data batch: each batch returns one row with a vocabulary-sized token histogram,
 # which stays small next to this many windows of data.
 RAY_BATCH = 256
-
-
-def load_model(run_dir: str) -> tuple[GPT, Tokenizer, Config, str]:
-    run_dir = storage.absolute(run_dir)
-    checkpoint = latest_complete(run_dir, warn=lambda message: print(f"raylm: warning: {message}", file=sys.stderr))
-    if checkpoint is None:
-        raise RaylmError(f"no checkpoint in {run_dir}: is it a run folder (<train.storage>/<train.name>)?")
-    config = run_config(run_dir)
-    tokenizer = Tokenizer.from_str(storage.read_bytes(storage.join(run_dir, "tokenizer.json")).decode())
-    model = GPT(config.model)
-    if config.finetune.method == "lora":  # its checkpoints hold the frozen weights and the adapters
-        apply_lora(model, config.finetune.lora)
-    with storage.local_dir(checkpoint) as local:
-        load_weights(local, model)
-    return merge_lora(model).eval(), tokenizer, config, checkpoint
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from raylm import runtime, storage
 from raylm.config import Config, dump_config, run_config
 from raylm.data.tokenizer import fingerprint
 from raylm.errors import RaylmError
-from raylm.finetune.instructions import load_instructions
+from raylm.data.instructions import load_instructions
 from raylm.train.checkpoint import checkpoint_name, latest_complete, saved_state, save_weights
 from raylm.train.trainer import TrainingJob, check_batch, fit_to_context, read_manifest, run, run_folder
 
@@ -110,7 +110,7 @@ def before_and_after(run_dir: str) -> dict | None:
 
 def merge_and_save(run_dir: str) -> str:
     """Fold a LoRA run's adapters into its weights and save the plain model as <run>/merged/."""
-    from raylm.eval.evaluate import load_model
+    from raylm.train.checkpoint import load_model
 
     model, _, config, checkpoint = load_model(run_dir)
     merged = storage.join(run_dir, MERGED)

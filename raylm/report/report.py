@@ -184,7 +184,7 @@ def sample_blocks(run: Run, sample_tokens: int, log) -> list[Block]:
     document, so nothing but the training data steers it."""
     import torch
 
-    from raylm.eval.evaluate import load_model
+    from raylm.train.checkpoint import load_model
     from raylm.eval.generate import generate
     from raylm.train.checkpoint import latest_complete
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import warnings
 
 import numpy as np
@@ -23,7 +24,13 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from tokenizers import Tokenizer
+
 from raylm import storage
+from raylm.config import Config, run_config
+from raylm.errors import RaylmError
+from raylm.model.gpt import GPT
+from raylm.model.lora import apply_lora, merge_lora
 
 WEIGHTS = "weights"
 STATE = "state.json"
@@ -164,3 +171,20 @@ def _set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state(states["cuda"])
+
+
+def load_model(run_dir: str) -> tuple[GPT, Tokenizer, Config, str]:
+    """The run's latest complete checkpoint as a plain model in this process (LoRA adapters merged),
+    with its tokenizer, config and checkpoint path: what evaluation, generation, reports and export read."""
+    run_dir = storage.absolute(run_dir)
+    checkpoint = latest_complete(run_dir, warn=lambda message: print(f"raylm: warning: {message}", file=sys.stderr))
+    if checkpoint is None:
+        raise RaylmError(f"no checkpoint in {run_dir}: is it a run folder (<train.storage>/<train.name>)?")
+    config = run_config(run_dir)
+    tokenizer = Tokenizer.from_str(storage.read_bytes(storage.join(run_dir, "tokenizer.json")).decode())
+    model = GPT(config.model)
+    if config.finetune.method == "lora":  # its checkpoints hold the frozen weights and the adapters
+        apply_lora(model, config.finetune.lora)
+    with storage.local_dir(checkpoint) as local:
+        load_weights(local, model)
+    return merge_lora(model).eval(), tokenizer, config, checkpoint

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from raylm import storage
 from raylm.config import Config, TrainConfig
 from raylm.data.pack import windows_array
-from raylm.finetune.lora import apply_lora
+from raylm.model.lora import apply_lora
 from raylm.model.gpt import GPT
 from raylm.runtime import say
 from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, load_weights, save_checkpoint

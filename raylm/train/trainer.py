@@ -26,7 +26,7 @@ from raylm import runtime, storage
 from raylm.config import Config, dump_config
 from raylm.data.pack import as_model_rows
 from raylm.errors import RaylmError
-from raylm.finetune.instructions import InstructionSet
+from raylm.data.instructions import InstructionSet
 from raylm.train.checkpoint import latest_complete, saved_state
 from raylm.train import schedule
 from raylm.train.loop import step_plan, train_loop_per_worker

@@ -1,8 +1,10 @@
 """LoRA (Hu et al. 2021): train a low-rank update B @ A beside each frozen projection, then merge it.
 
-A small implementation rather than `peft`: our projections are plain bias-free `nn.Linear`s, so an
-adapter is a dozen lines, and it keeps the weight's own name (`...qkv.weight`) so a pretrained
-checkpoint loads into an adapted model and a merged model is an ordinary GPT again.
+A small implementation rather than `peft`: our projections are plain `nn.Linear`s (biased only for
+Qwen2's qkv), so an adapter is a dozen lines, and it keeps the weight's (and bias's) own name
+(`...qkv.weight`) so a pretrained checkpoint loads into an adapted model and a merged model is an
+ordinary GPT again. A model transform, so it lives with the model: training applies it, evaluation
+and export merge it.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ class LoRALinear(nn.Module):
 
     def __init__(self, base: nn.Linear, config: LoraConfig):
         super().__init__()
-        self.weight = base.weight
+        self.weight, self.bias = base.weight, base.bias
         self.weight.requires_grad_(False)
+        if self.bias is not None:
+            self.bias.requires_grad_(False)
         out_features, in_features = base.weight.shape
         self.lora_a = nn.Parameter(torch.empty(config.rank, in_features, device=base.weight.device, dtype=base.weight.dtype))
         self.lora_b = nn.Parameter(torch.zeros(out_features, config.rank, device=base.weight.device, dtype=base.weight.dtype))
@@ -33,13 +37,15 @@ class LoRALinear(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight) + F.linear(F.linear(self.drop(x), self.lora_a), self.lora_b) * self.scale
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.drop(x), self.lora_a), self.lora_b) * self.scale
 
     def merged(self) -> nn.Linear:
-        linear = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=False,
+        linear = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None,
                            device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             linear.weight.copy_(self.weight + self.scale * self.lora_b @ self.lora_a)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
         return linear
 
 
