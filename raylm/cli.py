@@ -107,6 +107,13 @@ def _run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    from raylm.export.export import export
+
+    export(args.run_dir, args.output, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    return 0
+
+
 def _run_report(args: argparse.Namespace) -> int:
     from raylm.report.report import write_report
 
@@ -186,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "(<train.storage>/<tune.name>, with results.json).")
     report.add_argument("--output", metavar="DIR", help="Where to write the report (default: RUN/report).")
     report.add_argument("--no-sample", action="store_true", help="Skip generating a text sample from the checkpoint.")
+
+    export = _command(
+        commands, "export", _run_export,
+        help="A run's latest checkpoint as a Hugging Face model folder (transformers, vLLM, lm-eval, the Hub).",
+        description="Write config.json (LlamaForCausalLM, or Qwen2ForCausalLM with qkv biases), safetensors weights "
+        "(LoRA merged; sharded above --max-shard-size), the run's tokenizer with its tokenizer_config.json, "
+        "generation_config.json and a model card. Runs with learned positions or GELU blocks are refused.",
+    )
+    export.add_argument("run_dir", metavar="RUN", help="Run folder (<train.storage>/<train.name>), local or s3://.")
+    export.add_argument("--output", metavar="DIR", help="Folder to write, local or s3:// (default: RUN/hf).")
+    export.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="Weight dtype (default: bfloat16).")
+    export.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                        help="Largest safetensors file, e.g. 5GB or 200MB (default: 5GB, as the Hub).")
 
     generate = _command(
         commands, "generate", _run_generate,

@@ -283,6 +283,12 @@ class ModelConfig(StrictModel):
     def head_size(self) -> int:
         return self.head_dim or self.n_embd // self.n_head
 
+    @property
+    def ffn_size(self) -> int:
+        """The feed-forward width: mlp_hidden, else 4 x n_embd for GELU and, for SwiGLU, 8/3 of it
+        (the same parameters as a 4x GELU MLP) rounded up to a multiple of 64, which suits the kernels."""
+        return self.mlp_hidden or (-(-8 * self.n_embd // 192) * 64 if self.mlp == "swiglu" else 4 * self.n_embd)
+
 
 # -------------------------------------------------------------------------------------- train
 

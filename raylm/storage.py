@@ -154,12 +154,17 @@ def read_bytes(path: str) -> bytes:
 
 
 def write_bytes(path: str, data: bytes) -> None:
+    with open_output(path) as stream:
+        stream.write(data)
+
+
+def open_output(path: str):
+    """A stream to write a file in pieces (an S3 multipart upload), its folder made first."""
     fs, inner = filesystem(path)
     parent = inner.rpartition("/")[0]
     if parent:
         fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(inner) as stream:
-        stream.write(data)
+    return fs.open_output_stream(inner)
 
 
 def upload_dir(local: str, destination: str) -> None:

@@ -92,7 +92,7 @@ def test_killed_run_leaves_no_dataset_and_the_job_entrypoint_reruns_it(tmp_path)
     assert "prepare: wrote" in result.stdout
 
 
-@pytest.mark.parametrize("stage", ["prepare", "pretrain", "finetune", "tune", "evaluate"])
+@pytest.mark.parametrize("stage", ["prepare", "pretrain", "finetune", "tune", "evaluate", "export"])
 def test_every_stage_has_a_job_entrypoint_for_ray_job_submit(stage):
     """`ray job submit --working-dir . -- python jobs/<stage>.py ...` runs `raylm <stage>` (the README's forms)."""
     job = ROOT / "jobs" / f"{stage}.py"

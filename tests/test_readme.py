@@ -56,7 +56,7 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 10
+    assert len(COMMANDS) == 11
     assert "make demo\nmake test" in README
     assert COMMANDS[0] == "raylm " + " ".join(FIRST_PREPARE)  # run by the default_prepared fixture
 
@@ -117,7 +117,7 @@ def run_in_process(line: str, cwd: Path, monkeypatch, capsys) -> str:
 
 @pytest.mark.timeout(600)
 def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeypatch, capsys):
-    """pretrain, evaluate, generate, finetune and report, in a folder holding the `prepared` dataset
+    """pretrain, evaluate, generate, export, finetune and report, in a folder holding the `prepared` dataset
     the README's first command made and the `qa.jsonl` instruction pairs the finetune line names.
     (`raylm tune --config sweep.yaml` runs in tests/test_tune.py.)"""
     shutil.copytree(default_prepared[0], tmp_path / "prepared")
@@ -137,6 +137,10 @@ def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeyp
 
     printed = run("raylm generate")
     assert len(printed[printed.index("ROMEO:"):].strip()) > len("ROMEO:") + 20  # the prompt, then its continuation
+
+    run("raylm export")  # transformers loading exports: tests/test_export.py
+    exported = json.loads((tmp_path / "runs" / "pretrain-hf" / "config.json").read_text())
+    assert exported["architectures"] == ["LlamaForCausalLM"] and exported["torch_dtype"] == "bfloat16"
 
     run("raylm finetune")
     before_after = json.loads((tmp_path / "runs" / "finetune" / "finetune.json").read_text())

@@ -124,9 +124,7 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        gated = config.mlp == "swiglu"
-        # SwiGLU's 8/3 keeps the parameter count of a 4x GELU MLP; multiples of 64 suit the kernels.
-        hidden = config.mlp_hidden or (-(-8 * config.n_embd // 192) * 64 if gated else 4 * config.n_embd)
+        gated, hidden = config.mlp == "swiglu", config.ffn_size
         self.w1 = nn.Linear(config.n_embd, hidden, bias=False)
         self.w3 = nn.Linear(config.n_embd, hidden, bias=False) if gated else None
         self.w2 = nn.Linear(hidden, config.n_embd, bias=False)

@@ -77,6 +77,41 @@ def model_fields(hf: dict, source: str) -> dict:
     return fields
 
 
+def hf_config(config: ModelConfig, eos_id: int, dtype: str) -> dict:
+    """The config.json of a raylm model: LlamaForCausalLM, or Qwen2ForCausalLM when it has qkv
+    biases. `<|endoftext|>` is bos and eos, as raylm trains (a document starts after one)."""
+    if config.positions != "rope":
+        raise RaylmError("model.positions=learned: the Llama family has rotary positions only, so this run cannot be "
+                         "exported as a Hugging Face model")
+    if config.mlp != "swiglu":
+        raise RaylmError("model.mlp=gelu: the Llama family has a SwiGLU feed-forward only, so this run cannot be "
+                         "exported as a Hugging Face model")
+    kind = "qwen2" if config.qkv_bias else "llama"
+    scaling = config.rope_scaling
+    return {
+        "architectures": [ARCHITECTURES[kind]],
+        "model_type": kind,
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.ffn_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.kv_heads,
+        "head_dim": config.head_size,
+        "max_position_embeddings": config.block_size,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": {"rope_type": "llama3", **scaling.model_dump(exclude={"rope_type"})} if scaling else None,
+        "tie_word_embeddings": config.tie_embeddings,
+        **({} if kind == "qwen2" else {"attention_bias": False, "mlp_bias": False}),
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": dtype,
+        "use_cache": True,
+    }
+
+
 def from_hf_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: str) -> dict[str, torch.Tensor]:
     """raylm's state dict from a Hugging Face one (names without or with the `model.` prefix)."""
     get = _getter(tensors, source)
@@ -100,7 +135,7 @@ def from_hf_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, sourc
 
 
 def _layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    width, hidden = config.n_embd, config.mlp_hidden
+    width, hidden = config.n_embd, config.ffn_size
     return {"attn_norm.weight": (width,), "attn.proj.weight": (width, config.n_head * config.head_size),
             "mlp_norm.weight": (width,), "mlp.w1.weight": (hidden, width), "mlp.w3.weight": (hidden, width),
             "mlp.w2.weight": (width, hidden)}
