@@ -4,10 +4,12 @@
 
 1. a random raylm run of the preset, saved as `raylm pretrain` saves one (a DCP checkpoint);
 2. `raylm export RUN --dtype bfloat16` as a user runs it, in a fresh process;
-3. the import: a fresh process reads that folder into raylm's GPT (`read_folder`, `from_hf_tensors`,
-   `load_state_dict`), as fine-tuning from an open model does on one worker;
+3. the import: a fresh process reads that folder into raylm's GPT (`read_config`, `load_into`: one
+   tensor at a time into the model's own parameters), as fine-tuning from an open model does on one worker;
 4. for reference, a fresh process that only imports torch and builds the model (its own RSS).
-Peak RSS is each child's ru_maxrss (the kernel's high-water mark), so no sampling misses a spike.
+Peak RSS is each child's ru_maxrss (the kernel's high-water mark), so no sampling misses a spike;
+it counts the pages of a memory-mapped safetensors file as they are read, so the import also
+prints its private (anonymous) memory at the end, which never falls during a load.
 """
 
 from __future__ import annotations
@@ -24,14 +26,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def child(code: str, *args: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of `python -c code args`."""
+def child(code: str, *args: str) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, stdout) of `python -c code args`."""
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               text=True)
+    out = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status:
         raise SystemExit(f"child failed with status {status}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    return time.perf_counter() - started, usage.ru_maxrss / 1024, out
 
 
 MAKE_RUN = """
@@ -64,10 +68,11 @@ IMPORT = """
 import sys
 from raylm.config import ModelConfig
 from raylm.model.gpt import GPT
-from raylm.model.hf import from_hf_tensors, model_fields, read_folder
-hf, tensors = read_folder(sys.argv[1])
-model = GPT(ModelConfig(**model_fields(hf, sys.argv[1])))
-model.load_state_dict(from_hf_tensors(tensors, model.config, sys.argv[1]))
+from raylm.model.hf import load_into, model_fields, read_config
+model = GPT(ModelConfig(**model_fields(read_config(sys.argv[1]), sys.argv[1])))
+load_into(model, sys.argv[1])
+status = open("/proc/self/status").read()
+print(int(status.split("RssAnon:")[1].split()[0]) // 1024)
 """
 
 
@@ -79,17 +84,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run, folder = Path(tmp) / "runs" / "big", Path(tmp) / "hf"
         child(MAKE_RUN, str(run), args.preset, args.vocab)
-        _, built = child(BUILD_ONLY, args.preset, args.vocab)
-        exported, export_rss = child(EXPORT, str(run), str(folder))
+        _, built, _ = child(BUILD_ONLY, args.preset, args.vocab)
+        exported, export_rss, _ = child(EXPORT, str(run), str(folder))
         weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
-        imported, import_rss = child(IMPORT, str(folder))
+        imported, import_rss, anonymous = child(IMPORT, str(folder))
     print(f"{args.preset}, vocabulary {args.vocab}: bf16 safetensors {weights:.0f} MB "
           f"(fp32 model in memory {2 * weights:.0f} MB)")
     print(f"process that only builds the fp32 model: peak RSS {built:.0f} MB")
     print(f"raylm export (fresh process):  {exported:6.1f} s, peak RSS {export_rss:.0f} MB "
           f"({export_rss - built:+.0f} MB over building the model)")
     print(f"import into raylm's GPT:       {imported:6.1f} s, peak RSS {import_rss:.0f} MB "
-          f"({import_rss - built:+.0f} MB over building the model)")
+          f"({import_rss - built:+.0f} MB over building the model; private memory at the end {anonymous.strip()} MB)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import transformers
 from raylm.config import ModelConfig
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
-from raylm.model.hf import from_hf_tensors, model_fields, read_folder, to_hf_tensors
+from raylm.model.hf import load_into, model_fields, read_config, to_hf_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,9 +49,8 @@ def hf_model(family: str, folder):
 
 
 def raylm_model(folder) -> GPT:
-    hf, tensors = read_folder(str(folder))
-    model = GPT(ModelConfig(**model_fields(hf, str(folder))))
-    model.load_state_dict(from_hf_tensors(tensors, model.config, str(folder)), strict=True)
+    model = GPT(ModelConfig(**model_fields(read_config(str(folder)), str(folder))))
+    load_into(model, str(folder))
     return model.eval()
 
 
@@ -98,13 +97,15 @@ def test_what_raylm_cannot_compute_is_refused_with_the_key(tmp_path):
                         ({"mlp_bias": True}, "mlp_bias"), ({"rope_parameters": {"rope_type": "yarn"}}, "rope_type 'yarn'")]:
         with pytest.raises(RaylmError, match=key):
             model_fields({**hf, **change}, "folder")
-    _, tensors = read_folder(str(tmp_path))
-    config = ModelConfig(**{**model_fields(hf, "folder"), "mlp_hidden": 128})
-    with pytest.raises(RaylmError, match=r"gate_proj.weight has shape \(96, 64\), the config says \(128, 64\)"):
-        from_hf_tensors(tensors, config, "folder")
+    wider = GPT(ModelConfig(**{**model_fields(hf, "folder"), "mlp_hidden": 128}))
+    with pytest.raises(RaylmError, match=r"mlp\.\w+_proj\.weight has shape \((96, 64|64, 96)\), the config says \((128, 64|64, 128)\)"):
+        load_into(wider, str(tmp_path))
+    deeper = GPT(ModelConfig(**{**model_fields(hf, "folder"), "n_layer": 3}))
+    with pytest.raises(RaylmError, match=r"no tensor model.layers.2.input_layernorm.weight \(and 8 more\)"):
+        load_into(deeper, str(tmp_path))
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
     with pytest.raises(RaylmError, match=r"\.bin weights only; raylm reads safetensors"):
-        read_folder(str(tmp_path))
+        load_into(wider, str(tmp_path))
 
 
 def test_a_sliding_window_caps_the_context_where_it_equals_full_attention():

@@ -29,11 +29,6 @@ LAYER_TENSORS = {  # raylm block tensor <- Hugging Face layer tensor (q/k/v are 
 }
 
 
-def is_hf_folder(path: str) -> bool:
-    """A local folder with a Hugging Face config.json (a raylm run has config.yaml instead)."""
-    return (Path(path) / CONFIG).is_file()
-
-
 def model_fields(hf: dict, source: str) -> dict:
     """ModelConfig fields of a Hugging Face config.json; one line naming the key for what raylm
     cannot compute the same way."""
@@ -112,84 +107,80 @@ def hf_config(config: ModelConfig, eos_id: int, dtype: str) -> dict:
     }
 
 
-def from_hf_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig, source: str) -> dict[str, torch.Tensor]:
-    """raylm's state dict from a Hugging Face one (names without or with the `model.` prefix)."""
-    get = _getter(tensors, source)
-    padded = -(-config.vocab_size // 64) * 64
-    state = {"wte.weight": _pad_rows(get("model.embed_tokens.weight", (config.vocab_size, config.n_embd)), padded),
-             "norm.weight": get("model.norm.weight", (config.n_embd,))}
-    state["lm_head.weight"] = state["wte.weight"] if config.tie_embeddings else _pad_rows(
-        get("lm_head.weight", (config.vocab_size, config.n_embd)), padded)
+def tensor_map(config: ModelConfig) -> dict[str, tuple[str, slice, tuple[int, ...]]]:
+    """Every Hugging Face tensor of the architecture -> (the raylm tensor it is part of, its rows
+    there, its shape): q, k and v are row ranges of the fused qkv, the vocabulary the first rows of
+    the padded embedding (and of an untied lm_head). A tied model has no lm_head tensor."""
+    width, vocab, hidden = config.n_embd, config.vocab_size, config.ffn_size
     q_rows, kv_rows = config.n_head * config.head_size, config.kv_heads * config.head_size
+    everything = slice(None)
+    entries = {"model.embed_tokens.weight": ("wte.weight", slice(0, vocab), (vocab, width)),
+               "model.norm.weight": ("norm.weight", everything, (width,))}
+    if not config.tie_embeddings:
+        entries["lm_head.weight"] = ("lm_head.weight", slice(0, vocab), (vocab, width))
+    fused = {"q": slice(0, q_rows), "k": slice(q_rows, q_rows + kv_rows), "v": slice(q_rows + kv_rows, q_rows + 2 * kv_rows)}
+    layer_shapes = {"attn_norm.weight": (width,), "attn.proj.weight": (width, q_rows), "mlp_norm.weight": (width,),
+                    "mlp.w1.weight": (hidden, width), "mlp.w3.weight": (hidden, width), "mlp.w2.weight": (width, hidden)}
     for i in range(config.n_layer):
-        layer = f"model.layers.{i}."
-        parts = [get(f"{layer}self_attn.{p}_proj.weight", (rows, config.n_embd))
-                 for p, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows))]
-        state[f"blocks.{i}.attn.qkv.weight"] = torch.cat(parts)
-        if config.qkv_bias:
-            state[f"blocks.{i}.attn.qkv.bias"] = torch.cat([get(f"{layer}self_attn.{p}_proj.bias", (rows,))
-                                                           for p, rows in (("q", q_rows), ("k", kv_rows), ("v", kv_rows))])
+        layer, block = f"model.layers.{i}.", f"blocks.{i}."
+        for p, rows in fused.items():
+            entries[f"{layer}self_attn.{p}_proj.weight"] = (block + "attn.qkv.weight", rows, (rows.stop - rows.start, width))
+            if config.qkv_bias:
+                entries[f"{layer}self_attn.{p}_proj.bias"] = (block + "attn.qkv.bias", rows, (rows.stop - rows.start,))
         for ours, theirs in LAYER_TENSORS.items():
-            state[f"blocks.{i}.{ours}"] = get(layer + theirs, _layer_shapes(config)[ours])
-    return state
-
-
-def _layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    width, hidden = config.n_embd, config.ffn_size
-    return {"attn_norm.weight": (width,), "attn.proj.weight": (width, config.n_head * config.head_size),
-            "mlp_norm.weight": (width,), "mlp.w1.weight": (hidden, width), "mlp.w3.weight": (hidden, width),
-            "mlp.w2.weight": (width, hidden)}
+            entries[layer + theirs] = (block + ours, everything, layer_shapes[ours])
+    return entries
 
 
 def to_hf_tensors(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
-    """A Hugging Face state dict from raylm's (the padding rows dropped; a tied matrix once)."""
-    vocab, q_rows, kv_rows = config.vocab_size, config.n_head * config.head_size, config.kv_heads * config.head_size
-    tensors = {"model.embed_tokens.weight": state["wte.weight"][:vocab], "model.norm.weight": state["norm.weight"]}
-    if not config.tie_embeddings:
-        tensors["lm_head.weight"] = state["lm_head.weight"][:vocab]
-    for i in range(config.n_layer):
-        layer, block = f"model.layers.{i}.", f"blocks.{i}."
-        for p, part in zip("qkv", state[block + "attn.qkv.weight"].split([q_rows, kv_rows, kv_rows])):
-            tensors[f"{layer}self_attn.{p}_proj.weight"] = part
-        if config.qkv_bias:
-            for p, part in zip("qkv", state[block + "attn.qkv.bias"].split([q_rows, kv_rows, kv_rows])):
-                tensors[f"{layer}self_attn.{p}_proj.bias"] = part
-        for ours, theirs in LAYER_TENSORS.items():
-            tensors[layer + theirs] = state[block + ours]
-    return {name: tensor.contiguous() for name, tensor in tensors.items()}
+    """A Hugging Face state dict from raylm's, as views (the padding rows left out; a tied matrix once)."""
+    return {name: state[ours][rows].contiguous() for name, (ours, rows, _) in tensor_map(config).items()}
 
 
-def read_folder(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json, every tensor) of a local Hugging Face folder; one-file or sharded safetensors."""
-    from safetensors.torch import load_file
+def load_into(model: torch.nn.Module, path: str) -> None:
+    """Copy a local folder's tensors into raylm's model in place, one tensor at a time (safetensors
+    maps the files; nothing else is read whole), checking each name and shape against the config."""
+    from safetensors import safe_open
 
+    expected = tensor_map(model.config)
+    state, seen = model.state_dict(), set()
+    for file in weight_files(path):
+        with safe_open(str(Path(path) / file), "pt") as weights:
+            for stored in weights.keys():
+                name = stored if stored in expected or stored.startswith("lm_head") else "model." + stored
+                if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and model.config.tie_embeddings):
+                    continue  # recomputed by raylm; a copy of the tied embedding
+                if name not in expected:
+                    raise RaylmError(f"{path}: tensor {stored} has no place in a {model.config.n_layer}-layer model")
+                ours, rows, shape = expected[name]
+                tensor = weights.get_tensor(stored)
+                if tuple(tensor.shape) != shape:
+                    raise RaylmError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says {shape}")
+                with torch.no_grad():
+                    state[ours][rows].copy_(tensor)
+                seen.add(name)
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise RaylmError(f"{path}: no tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    with torch.no_grad():  # the rows past the vocabulary are never a token
+        for name in ("wte.weight", "lm_head.weight"):
+            state[name][model.config.vocab_size:].zero_()
+
+
+def read_config(path: str) -> dict:
+    return json.loads((Path(path) / CONFIG).read_text())
+
+
+def weight_files(path: str) -> list[str]:
+    """The safetensors files of a local folder: one, or those its index names."""
     folder = Path(path)
-    hf = json.loads((folder / CONFIG).read_text())
     if (folder / INDEX).is_file():
-        files = sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
-    elif (folder / WEIGHTS).is_file():
-        files = [WEIGHTS]
-    elif any(folder.glob("*.bin")):
+        return sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
+    if (folder / WEIGHTS).is_file():
+        return [WEIGHTS]
+    if any(folder.glob("*.bin")):
         raise RaylmError(f"{path} has PyTorch .bin weights only; raylm reads safetensors (in transformers: "
                          "model.save_pretrained(folder, safe_serialization=True))")
-    else:
-        raise RaylmError(f"{path} has no {WEIGHTS} (nor {INDEX})")
-    tensors: dict[str, torch.Tensor] = {}
-    for name in files:
-        tensors.update(load_file(folder / name))
-    return hf, tensors
+    raise RaylmError(f"{path} has no {WEIGHTS} (nor {INDEX})")
 
 
-def _getter(tensors: dict[str, torch.Tensor], source: str):
-    def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-        tensor = tensors.get(name, tensors.get(name.removeprefix("model.")))
-        if tensor is None:
-            raise RaylmError(f"{source}: no tensor {name}")
-        if tuple(tensor.shape) != shape:
-            raise RaylmError(f"{source}: {name} has shape {tuple(tensor.shape)}, the config says {shape}")
-        return tensor
-    return get
-
-
-def _pad_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
-    return torch.cat([matrix, matrix.new_zeros(rows - matrix.shape[0], matrix.shape[1])]) if rows > matrix.shape[0] else matrix
