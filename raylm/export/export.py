@@ -23,6 +23,7 @@ from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
 from raylm.model.hf import CONFIG, INDEX, WEIGHTS, hf_config, to_hf_tensors
 from raylm.train.checkpoint import load_model, saved_state
+from raylm.train.metrics import read_metrics
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SAFETENSORS_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
@@ -48,6 +49,7 @@ def export(run_dir: str, output: str | None = None, dtype: str = "bfloat16", max
     shard_bytes = parse_size(max_shard_size)
     run_dir = storage.absolute(run_dir)
     model, tokenizer, config, checkpoint = load_model(run_dir)
+    parameters = model.num_params(non_embedding=False)
     eos = tokenizer.token_to_id(EOS)
     hf = hf_config(config.model, eos, dtype)
     output = storage.absolute(output or storage.join(run_dir, "hf"))
@@ -65,14 +67,14 @@ def export(run_dir: str, output: str | None = None, dtype: str = "bfloat16", max
             "generation_config.json": {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos},
             CONFIG: hf,
         }
-        card = _model_card(run_dir, config, model.num_params(non_embedding=False), hf, checkpoint, dtype, shards)
+        card = _model_card(run_dir, config, parameters, hf, checkpoint, dtype, shards)
         storage.write_bytes(storage.join(staging, "README.md"), card.encode())
         for name, content in files.items():  # config.json last: the folder is complete once it is there
             storage.write_bytes(storage.join(staging, name), json.dumps(content, indent=2).encode())
         storage.publish(staging, output, commit_marker=CONFIG)
     finally:
         storage.delete_dir(staging)  # no-op once published
-    log(f"export: {hf['architectures'][0]}, {model.num_params(non_embedding=False) / 1e6:.2f}M parameters in {dtype}, "
+    log(f"export: {hf['architectures'][0]}, {parameters / 1e6:.2f}M parameters in {dtype}, "
         f"{len(shards)} safetensors file{'s' * (len(shards) > 1)} -> {output}")
     return output
 
@@ -118,8 +120,7 @@ def _write_safetensors(path: str, tensors: dict[str, torch.Tensor], dtype: torch
 
 def _model_card(run_dir: str, config, parameters: int, hf: dict, checkpoint: str, dtype: str, shards: list[str]) -> str:
     """What the model is, what it saw and how it scored, from the run's own files."""
-    records = [json.loads(line) for line in storage.read_bytes(storage.join(run_dir, "metrics.jsonl")).decode().splitlines()
-               if line.strip()] if storage.exists(storage.join(run_dir, "metrics.jsonl")) else []
+    records = read_metrics(run_dir)
     tokens = next((r["tokens"] for r in reversed(records) if "tokens" in r), None)
     last_val = next((r for r in reversed(records) if "val_loss" in r), None)
     m = config.model

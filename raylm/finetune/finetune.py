@@ -21,6 +21,7 @@ from raylm.data.tokenizer import fingerprint
 from raylm.errors import RaylmError
 from raylm.data.instructions import load_instructions
 from raylm.train.checkpoint import checkpoint_name, latest_complete, saved_state, save_weights
+from raylm.train.metrics import read_metrics
 from raylm.train.trainer import TrainingJob, check_batch, fit_to_context, read_manifest, run, run_folder
 
 MERGED = "merged"
@@ -94,8 +95,7 @@ def finetune(config: Config, address: str | None = None, num_cpus: int | None = 
 def before_and_after(run_dir: str) -> dict | None:
     """The first and last validation of the run (before any fine-tuning step, and at the end),
     written to <run>/finetune.json; None without a val split."""
-    records = [json.loads(line) for line in storage.read_bytes(storage.join(run_dir, "metrics.jsonl")).decode().splitlines()]
-    evaluations = [r for r in records if "val_loss" in r]
+    evaluations = [r for r in read_metrics(run_dir) if "val_loss" in r]
     if not evaluations:
         return None
 

@@ -49,7 +49,7 @@ def model_fields(hf: dict, source: str) -> dict:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise RaylmError(f"{source}: rope_type {rope_type!r}; raylm applies plain RoPE and llama3 scaling only")
-    fields = {
+    return {
         "preset": None,
         "n_layer": hf["num_hidden_layers"],
         "n_head": heads,
@@ -69,7 +69,6 @@ def model_fields(hf: dict, source: str) -> dict:
         "norm_eps": hf.get("rms_norm_eps", 1e-6),
         "dropout": 0.0,
     }
-    return fields
 
 
 def hf_config(config: ModelConfig, eos_id: int, dtype: str) -> dict:
@@ -97,7 +96,7 @@ def hf_config(config: ModelConfig, eos_id: int, dtype: str) -> dict:
         "hidden_act": "silu",
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
-        "rope_scaling": {"rope_type": "llama3", **scaling.model_dump(exclude={"rope_type"})} if scaling else None,
+        "rope_scaling": scaling.model_dump() if scaling else None,
         "tie_word_embeddings": config.tie_embeddings,
         **({} if kind == "qwen2" else {"attention_bias": False, "mlp_bias": False}),
         "bos_token_id": eos_id,

@@ -19,6 +19,7 @@ from raylm import storage
 from raylm.config import Config, run_config
 from raylm.errors import RaylmError
 from raylm.report import plots
+from raylm.train.metrics import METRICS, read_metrics
 
 SAMPLE_SETTINGS = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
 FINETUNE_METRICS = [("loss", "loss (nats/token)"), ("perplexity", "perplexity"), ("bits_per_byte", "bits per byte")]
@@ -78,25 +79,11 @@ class Run:
         return next((r for r in reversed(self.records) if r.get(key) is not None), None)
 
 
-def read_metrics(run_dir: str) -> list[dict]:
-    """metrics.jsonl as one record per step, in step order. A resumed run logs the steps it redid
-    again: the later record wins. A line cut short by a crash is skipped."""
-    path = storage.join(run_dir, "metrics.jsonl")
-    by_step = {}
-    if storage.exists(path):
-        for line in storage.read_bytes(path).decode().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            by_step[record["step"]] = record
-    if not by_step:
-        raise RaylmError(f"{path} is missing or empty: report the run once it has logged a step (train.log_every)")
-    return [by_step[step] for step in sorted(by_step)]
-
-
 def read_run(run_dir: str) -> Run:
     records = read_metrics(run_dir)
+    if not records:
+        raise RaylmError(f"{storage.join(run_dir, METRICS)} is missing or empty: report the run once it has logged a "
+                         "step (train.log_every)")
     config = run_config(run_dir)
     finetune_path = storage.join(run_dir, "finetune.json")
     finetune = json.loads(storage.read_bytes(finetune_path)) if storage.exists(finetune_path) else None
@@ -381,7 +368,7 @@ def write_report(folder: str, output: str | None = None, sample_tokens: int = 12
     output = storage.absolute(output) if output else storage.join(folder, "report")
     if storage.exists(storage.join(folder, "results.json")):
         title, blocks = sweep_report(folder, sample_tokens, log)
-    elif storage.exists(storage.join(folder, "metrics.jsonl")):
+    elif storage.exists(storage.join(folder, METRICS)):
         title, blocks = run_report(folder, sample_tokens, log)
     else:
         raise RaylmError(f"{folder} is neither a run folder (no metrics.jsonl) nor a sweep folder (no results.json): "

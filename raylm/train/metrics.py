@@ -10,6 +10,7 @@ import torch
 
 from raylm import storage
 
+METRICS = "metrics.jsonl"
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' datasheets.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
 
@@ -27,6 +28,21 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def read_metrics(run_dir: str) -> list[dict]:
+    """metrics.jsonl as one record per step, in step order (none when there is no file). A resumed
+    run logs the steps it redid again: the later record wins. A line cut short by a crash is skipped."""
+    path = storage.join(run_dir, METRICS)
+    by_step = {}
+    if storage.exists(path):
+        for line in storage.read_bytes(path).decode().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
 class RunLog:
     """Rank 0's record of a run: one JSON object per logged step in `<run>/metrics.jsonl` (appended
     across restarts, so a resumed run shows the steps it redid), TensorBoard events in
@@ -35,7 +51,7 @@ class RunLog:
     def __init__(self, run_dir: str, total_steps: int, budget_seconds: float | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.metrics_path = storage.join(run_dir, "metrics.jsonl")
+        self.metrics_path = storage.join(run_dir, METRICS)
         self.remote = storage.is_remote(run_dir)
         self.lines = [storage.read_bytes(self.metrics_path).decode()] if self.remote and storage.exists(self.metrics_path) else []
         self.tensorboard_dir = storage.join(run_dir, "tensorboard")
