@@ -41,7 +41,7 @@ def start_session_ray() -> None:
     import ray
 
     session_s3()  # its environment first, for the Ray workers to inherit
-    # The dashboard stays on: Ray Train frees a finished run's workers through it.
+    # The dashboard stays on: the session's Tune sweeps free their finished trials' resources through it.
     ray.init(num_cpus=2, logging_level="warning")
 
 
