@@ -97,10 +97,10 @@ def _run_generate(args: argparse.Namespace) -> int:
     from raylm.eval.generate import check_sampling, generate
 
     check_sampling(args.temperature, args.top_k, args.top_p)
-    model, tokenizer, _, _ = load_model(args.checkpoint)
+    model, source = load_model(args.checkpoint)
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     print(args.prompt, end="", flush=True)
-    generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    generate(model, source.tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
              top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache,
              on_text=lambda piece: print(piece, end="", flush=True))
     print()

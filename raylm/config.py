@@ -253,6 +253,9 @@ class ModelConfig(StrictModel):
     qkv_bias: bool = Field(False, description="Biases on the query, key and value projections (Qwen2); none by default.")
     dropout: Fraction = Field(0.0, description="Dropout on attention, residual and embedding outputs (0 for pretraining).")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    architecture: Literal["llama", "mistral", "qwen2"] | None = Field(
+        None, description="The Hugging Face family a model was read from, which `raylm export` writes back; None: "
+        "raylm's own (exported as Llama, or Qwen2 with qkv_bias).")
 
     @model_validator(mode="before")
     @classmethod
@@ -333,6 +336,9 @@ class TrainConfig(StrictModel):
     fault_at_step: int | None = Field(None, ge=1, description="TEST ONLY: the rank-0 worker process dies once when it reaches this step.")
     shuffle_buffer: int = Field(1024, ge=0, description="Rows in each worker's local shuffle buffer (0: no shuffle).")
     seed: int = Field(0, description="Seed of weights, data order and dropout.")
+    init: str | None = Field(None, description="Continue pretraining from these weights: a run folder or a Hugging Face "
+                             "model folder (local or s3://), whose model (and tokenizer, which train.data must be prepared "
+                             "with) replace the model section. None: random weights.")
 
 
 # ----------------------------------------------------------------------------------- finetune
@@ -351,7 +357,11 @@ class LoraConfig(StrictModel):
 
 
 class FinetuneConfig(StrictModel):
-    init: str | None = Field(None, description="Run folder (local or s3://) whose latest checkpoint fine-tuning starts from; its model and tokenizer are used.")
+    init: str | None = Field(None, description="Run folder, or Hugging Face model folder (Llama, Mistral, Qwen2; safetensors), "
+                             "local or s3://, whose model and tokenizer fine-tuning starts from.")
+    format: Literal["plain", "chat"] = Field(
+        "plain", description="Instruction rows: plain (end-of-text, prompt, response, end-of-text) or chat (rendered with the "
+        "chat_template of finetune.init's tokenizer_config.json, as a user and an assistant turn).")
     method: Literal["full", "lora"] = Field("full", description="Train every weight, or only LoRA adapters (merged into the weights at the end).")
     lora: LoraConfig = LoraConfig()
     instructions: list[str] = Field(

@@ -131,8 +131,8 @@ def demo(output: str = "demo", quick: bool = False, num_cpus: int | None = None,
         f"(unigram baseline {scores['baseline']['bits_per_byte']:.4f})")
 
     stage("generate")
-    model, tokenizer, _, _ = load_model(str(run))
-    sample = "def" + generate(model, tokenizer, "def", max_new_tokens=size.sample_tokens, temperature=0.8, top_k=50, seed=0)
+    model, source = load_model(str(run))
+    sample = "def" + generate(model, source.tokenizer, "def", max_new_tokens=size.sample_tokens, temperature=0.8, top_k=50, seed=0)
     (out / "sample.txt").write_text(sample)
     log(sample)
 

@@ -62,7 +62,8 @@ def assert_merged_model_is_the_adapted_one(run: Path, base_run: Path) -> None:
     base model, and only the adapted projections changed."""
     from raylm.train.checkpoint import load_model
 
-    merged, _, merged_config, _ = load_model(str(run / "merged"))
+    merged, merged_source = load_model(str(run / "merged"))
+    merged_config = merged_source.config
     adapted = load_model(str(run))[0]
     base = load_model(str(base_run))[0]
     assert merged_config.finetune.method == "full"

@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer
 
 from raylm.data.pack import model_rows
-from raylm.data.tokenizer import EOS
+from raylm.data.tokenizer import EOS, fingerprint
 from raylm.errors import RaylmError
 from raylm.eval.evaluate import evaluate
 from raylm.train.checkpoint import load_model
@@ -74,7 +74,9 @@ def write_prepared(folder: Path, run: Path, text: str, shards: int, seq_len: int
                        folder / name)
     empty = {"documents": 0, "bytes": 0, "tokens": 0, "sequences": 0, "shards": []}
     test = {"documents": 1, "bytes": len(text.encode()), "tokens": len(ids), "sequences": len(windows), "shards": names}
-    (folder / "manifest.json").write_text(json.dumps({"seq_len": seq_len, "splits": {"train": empty, "val": empty, "test": test}}))
+    sha256 = fingerprint((run / "tokenizer.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({"seq_len": seq_len, "tokenizer": {"sha256": sha256},
+                                                      "splits": {"train": empty, "val": empty, "test": test}}))
     return windows
 
 
@@ -99,6 +101,8 @@ def test_windows_longer_than_the_model_context_are_scored_as_rows_of_it(run, tmp
     assert report["tokens"] == windows.shape[0] * 4 * SEQ_LEN and report["loss"] == pytest.approx(loss.item(), rel=1e-5)
     with pytest.raises(RaylmError, match=r"seq_len \(128\) is larger than model.block_size \(48\) and not a multiple"):
         evaluate(str(make_run(tmp_path / "odd", CORPUS, "model.block_size=48", steps=1)), [str(tmp_path / "prepared")])
+    with pytest.raises(RaylmError, match="prepared with another tokenizer than the model's"):
+        evaluate(str(make_run(tmp_path / "other", CORPUS, steps=1, vocab_size=280)), [str(tmp_path / "prepared")])
 
 
 @pytest.mark.timeout(120)

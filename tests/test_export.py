@@ -43,7 +43,8 @@ def loaded(folder, dtype=torch.float32):
 def test_transformers_loads_the_export_and_scores_and_continues_text_as_raylm(gqa_run, text, tmp_path):
     main(["export", str(gqa_run), "--output", str(tmp_path / "hf"), "--dtype", "float32"])
     theirs, their_tokenizer = loaded(tmp_path / "hf")
-    ours, our_tokenizer, _, _ = load_model(str(gqa_run))
+    ours, source = load_model(str(gqa_run))
+    our_tokenizer = source.tokenizer.load()
     assert type(theirs).__name__ == "LlamaForCausalLM" and theirs.config.num_key_value_heads == 2
     sample = text[1000:1250]
     ids = our_tokenizer.encode(sample, add_special_tokens=False).ids
@@ -54,7 +55,7 @@ def test_transformers_loads_the_export_and_scores_and_continues_text_as_raylm(gq
         prompt = their_tokenizer(PROMPT, return_tensors="pt")
         out = theirs.generate(**prompt, max_new_tokens=20, do_sample=False)
     continuation = their_tokenizer.decode(out[0, prompt["input_ids"].shape[1]:])
-    assert continuation == generate(ours, our_tokenizer, PROMPT, max_new_tokens=20, temperature=0)
+    assert continuation == generate(ours, source.tokenizer, PROMPT, max_new_tokens=20, temperature=0)
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "LlamaForCausalLM" in card and "step 20" in card and "2 key-value heads" in card
     config = json.loads((tmp_path / "hf" / "config.json").read_text())

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from conftest import shared_file
 from raylm.config import load_config
-from raylm.data.tokenizer import EOS
+from raylm.data.tokenizer import EOS, TokenizerFiles
 from raylm.errors import RaylmError
 from raylm.data.instructions import encode_pairs, read_pairs
 from raylm.model.lora import apply_lora, merge_lora
@@ -42,8 +42,9 @@ def tokenizer_of(run: Path) -> Tokenizer:
 
 def test_instruction_rows_mask_everything_but_the_response(pretrained):
     tokenizer = tokenizer_of(pretrained)
-    tokens, mask, fits = encode_pairs([("Who is there?\n", "Nay, answer me."), ("x " * 40, "too late"), ("x " * 32, "just")], tokenizer, seq_len=32)
-    assert fits == [True, False, False]  # prompts that fill the window leave no response token to learn
+    pairs = [("Who is there?\n", "Nay, answer me."), ("x " * 40, "too late"), ("x " * 32, "just")]
+    tokens, mask, fits, learned_bytes = encode_pairs(pairs, TokenizerFiles.read(str(pretrained)), seq_len=32)
+    assert fits == [True, False, False] and learned_bytes[0] == len("Nay, answer me.")  # prompts that fill the window leave no response token to learn
     eos = tokenizer.token_to_id(EOS)
     assert tokens[0, 0] == eos and tokenizer.decode(tokens[0, mask[0] == 1].tolist(), skip_special_tokens=False) == "Nay, answer me." + EOS
     assert tokenizer.decode(tokens[0, 1 : mask[0].argmax()].tolist()) == "Who is there?\n"

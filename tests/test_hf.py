@@ -8,45 +8,14 @@ import json
 
 import pytest
 import torch
-import transformers
 
 from raylm.config import ModelConfig
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
+from hf_kit import FAMILIES, VOCAB, hf_model
 from raylm.model.hf import load_into, model_fields, read_config, to_hf_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-VOCAB = 300  # not a multiple of 64: raylm pads its embedding, the logits must not see it
-COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=64)
-LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-FAMILIES = {
-    "llama-gqa-untied": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
-                                                                 tie_word_embeddings=False)),
-    "llama-mqa-tied-llama3-rope": ("LlamaConfig", "LlamaForCausalLM", dict(num_attention_heads=4, num_key_value_heads=1,
-                                                                           tie_word_embeddings=True,
-                                                                           rope_parameters=LLAMA3_ROPE)),
-    "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
-                                                           sliding_window=None, head_dim=24)),
-    "qwen2-qkv-bias": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=2,
-                                                              tie_word_embeddings=True)),
-}
-
-
-def hf_model(family: str, folder):
-    """A random model of the family, its biases and norms random too (they start at 0 and 1),
-    saved with save_pretrained."""
-    config_class, model_class, fields = FAMILIES[family]
-    torch.manual_seed(0)
-    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**COMMON, **fields)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
-    model.save_pretrained(folder)
-    return model
-
 
 def raylm_model(folder) -> GPT:
     model = GPT(ModelConfig(**model_fields(read_config(str(folder)), str(folder))))
@@ -98,7 +67,7 @@ def test_what_raylm_cannot_compute_is_refused_with_the_key(tmp_path):
         with pytest.raises(RaylmError, match=key):
             model_fields({**hf, **change}, "folder")
     wider = GPT(ModelConfig(**{**model_fields(hf, "folder"), "mlp_hidden": 128}))
-    with pytest.raises(RaylmError, match=r"mlp\.\w+_proj\.weight has shape \((96, 64|64, 96)\), the config says \((128, 64|64, 128)\)"):
+    with pytest.raises(RaylmError, match=r"mlp\.\w+_proj\.weight has shape \((96, 64|64, 96)\), its config.json says \((128, 64|64, 128)\)"):
         load_into(wider, str(tmp_path))
     deeper = GPT(ModelConfig(**{**model_fields(hf, "folder"), "n_layer": 3}))
     with pytest.raises(RaylmError, match=r"no tensor model.layers.2.input_layernorm.weight \(and 8 more\)"):

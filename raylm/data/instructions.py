@@ -1,9 +1,11 @@
 """Instruction data for fine-tuning: JSONL prompt/response pairs as fixed-length token rows with a
 loss mask, so the model learns to answer and not to predict the prompts it is given.
 
-A row is `<|endoftext|> prompt response <|endoftext|>` (a document boundary first, as in
-pretraining), cut to seq_len + 1 tokens and padded with `<|endoftext|>`; `loss_mask` is 1 on the
-response tokens and the closing separator, the only targets the loss sees. Instruction sets are small
+A plain row is `<end-of-text> prompt response <end-of-text>` (a document boundary first, as in
+pretraining; the prompt encoded as a document starts), a chat row the conversation as the
+tokenizer's chat template renders a user and an assistant turn; cut to seq_len + 1 tokens and
+padded with the end-of-text token. `loss_mask` is 1 on the response tokens and what closes them
+(the separator, the template's end of turn), the only targets the loss sees. Instruction sets are small
 (thousands to a few hundred thousand pairs), so the driver tokenizes them in one batch call.
 """
 
@@ -13,13 +15,17 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
-from tokenizers import Tokenizer
+from jinja2 import TemplateError
+from jinja2.ext import loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from raylm import storage
-from raylm.data.tokenizer import EOS
+from raylm.config import FinetuneConfig
+from raylm.data.tokenizer import TokenizerFiles
 from raylm.errors import RaylmError
 
 
@@ -60,34 +66,78 @@ def read_pairs(paths: list[str], prompt_field: str, response_field: str) -> tupl
     return pairs, skipped
 
 
-def encode_pairs(pairs: list[tuple[str, str]], tokenizer: Tokenizer, seq_len: int) -> tuple[np.ndarray, np.ndarray, list[bool]]:
-    """Token rows [N, seq_len + 1], loss masks alike, and which pairs fit (a prompt that fills the
-    window leaves no response token to learn from)."""
-    eos = tokenizer.token_to_id(EOS)
-    prompts = tokenizer.encode_batch_fast([p for p, _ in pairs], add_special_tokens=False)
-    responses = tokenizer.encode_batch_fast([r for _, r in pairs], add_special_tokens=False)
+def encode_pairs(pairs: list[tuple[str, str]], tokenizer: TokenizerFiles, seq_len: int, chat: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, list[bool], list[int]]:
+    """Token rows [N, seq_len + 1], loss masks alike, which pairs fit (a prompt that fills the
+    window leaves no response token to learn from) and the UTF-8 bytes of each pair's learned text."""
+    codec, eos = tokenizer.load(), tokenizer.eos_id()
+    if chat:
+        rows = [_chat_row(codec, tokenizer, prompt, response) for prompt, response in pairs]
+    else:
+        prompts = codec.encode_batch_fast([p for p, _ in pairs], add_special_tokens=True)
+        responses = codec.encode_batch_fast([r for _, r in pairs], add_special_tokens=False)
+        rows = [([eos, *prompt.ids], [*response.ids, eos], len(text.encode()))
+                for prompt, response, (_, text) in zip(prompts, responses, pairs)]
     width = seq_len + 1
     tokens = np.full((len(pairs), width), eos, dtype=np.int64)
     mask = np.zeros((len(pairs), width), dtype=np.uint8)
     fits = []
-    for row, (prompt, response) in enumerate(zip(prompts, responses)):
-        head = [eos, *prompt.ids]
-        tail = [*response.ids, eos][: max(0, width - len(head))]
+    for row, (head, tail, _) in enumerate(rows):
+        tail = tail[: max(0, width - len(head))]
         fits.append(bool(tail))
         if tail:
             tokens[row, : len(head) + len(tail)] = head + tail
             mask[row, len(head) : len(head) + len(tail)] = 1
-    return tokens, mask, fits
+    return tokens, mask, fits, [learned for _, _, learned in rows]
 
 
-def load_instructions(paths: list[str], tokenizer_json: str, seq_len: int, prompt_field: str, response_field: str,
+def _chat_row(codec, tokenizer: TokenizerFiles, prompt: str, response: str) -> tuple[list[int], list[int], int]:
+    """(prompt tokens, assistant tokens, bytes of the assistant text) of a conversation rendered
+    with the chat template: the assistant tokens are those of the text after the prompt rendered
+    with its generation prompt (the reply and the template's end of turn)."""
+    user, assistant = {"role": "user", "content": prompt}, {"role": "assistant", "content": response}
+    head = render_chat(tokenizer, [user], add_generation_prompt=True)
+    text = render_chat(tokenizer, [user, assistant], add_generation_prompt=False)
+    if not text.startswith(head):
+        raise RaylmError("finetune.format=chat: the chat template renders a conversation that does not start with its "
+                         "prompt turn, so the assistant tokens cannot be told apart; use finetune.format=plain")
+    encoding = codec.encode(text, add_special_tokens=False)  # a template writes its own special tokens
+    split = next((i for i, (start, _) in enumerate(encoding.offsets) if start >= len(head)), len(encoding.ids))
+    return encoding.ids[:split], encoding.ids[split:], len(text[len(head):].encode())
+
+
+def render_chat(tokenizer: TokenizerFiles, messages: list[dict], add_generation_prompt: bool) -> str:
+    """A Jinja chat template rendered the way transformers renders it (sandboxed, trimmed blocks,
+    loop controls, `raise_exception`, the tokenizer's special tokens as variables)."""
+    template = tokenizer.chat_template
+    if template is None:
+        raise RaylmError("finetune.format=chat: the tokenizer has no chat_template (its tokenizer_config.json, from a "
+                         "Hugging Face folder); use finetune.format=plain")
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    environment.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    environment.globals["raise_exception"] = _template_error
+    environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    tokens = {key: value for key in ("bos_token", "eos_token", "pad_token", "unk_token")
+              if isinstance(value := tokenizer.special_token(key), str)}
+    try:
+        return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                        **tokens)
+    except TemplateError as err:
+        raise RaylmError(f"finetune.format=chat: the chat template failed: {err}") from None
+
+
+def _template_error(message: str):
+    raise TemplateError(message)
+
+
+def load_instructions(paths: list[str], tokenizer: TokenizerFiles, seq_len: int, settings: FinetuneConfig,
                       val_fraction: float, seed: int, min_val: int = 1) -> InstructionSet:
     """Rows for training and validation: the val rows are the pairs with the lowest hash of their
     id (file and line), at least `min_val` (one per training worker), so the split is the same on
     every run."""
-    pairs, skipped = read_pairs(paths, prompt_field, response_field)
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokens, mask, fits = encode_pairs([(p, r) for _, p, r in pairs], tokenizer, seq_len)
+    pairs, skipped = read_pairs(paths, settings.prompt_field, settings.response_field)
+    tokens, mask, fits, learned_bytes = encode_pairs([(p, r) for _, p, r in pairs], tokenizer, seq_len,
+                                                     chat=settings.format == "chat")
     skipped["prompt_too_long"] += fits.count(False)
     keep = [i for i, ok in enumerate(fits) if ok]
     n_val = max(min_val, round(len(keep) * val_fraction))
@@ -96,9 +146,8 @@ def load_instructions(paths: list[str], tokenizer_json: str, seq_len: int, promp
                          f"not enough to train and validate on {n_val}; skipped {dict(+skipped)}")
     by_hash = sorted(keep, key=lambda i: hashlib.sha256(f"{seed}:{pairs[i][0]}".encode()).digest())
     val, train = sorted(by_hash[:n_val]), sorted(by_hash[n_val:])
-    response_bytes = sum(len(pairs[i][2].encode()) for i in val)
     return InstructionSet(_table(tokens[train], mask[train]), _table(tokens[val], mask[val]), +skipped,
-                          int(mask[val].sum()), response_bytes)
+                          int(mask[val].sum()), sum(learned_bytes[i] for i in val))
 
 
 def _table(tokens: np.ndarray, mask: np.ndarray) -> pa.Table:

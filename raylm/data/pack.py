@@ -1,6 +1,6 @@
 """Tokenize, pack and write: documents become fixed windows of `seq_len + 1` token ids.
 
-Each document is followed by `<|endoftext|>` and the stream is cut into windows with no padding.
+Each document is followed by its tokenizer's end-of-text token and the stream is cut into windows with no padding.
 A batch's leftover (< one window) is returned instead of written; `write_tail_shards` packs all
 leftovers of a split together at the end, so at most `seq_len` tokens per split are not written,
 and the manifest counts them.
@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raylm import storage
-from raylm.data.tokenizer import EOS
+from raylm.data.tokenizer import TokenizerFiles, encode_documents
 
 SPLITS = ("train", "val", "test")
 TAIL_COLUMNS = {split: f"tail_{split}" for split in SPLITS}
@@ -65,12 +65,10 @@ class TokenizeAndWrite:
     """Ray Data actor: loads the tokenizer once, writes one shard per split for each batch, and
     returns one row of statistics (plus the unwritten leftover tokens) per batch."""
 
-    def __init__(self, tokenizer_json: str, seq_len: int, output: str, dtype: str, clock=None):
+    def __init__(self, tokenizer: TokenizerFiles, seq_len: int, output: str, dtype: str, clock=None):
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one actor per CPU: no Rayon threads
-        from tokenizers import Tokenizer
-
-        self.tokenizer = Tokenizer.from_str(tokenizer_json)
-        self.eos = self.tokenizer.token_to_id(EOS)
+        self.tokenizer = tokenizer.load()
+        self.eos = tokenizer.eos_id(self.tokenizer)
         self.window = seq_len + 1
         self.output = output
         self.dtype = np.dtype(dtype)
@@ -115,8 +113,8 @@ class TokenizeAndWrite:
         return pa.table({"key": [key], "stats": [json.dumps(stats)], **tails})
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Token ids of all texts, each followed by `<|endoftext|>`, as one array."""
-        ids = [encoding.ids for encoding in self.tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+        """Token ids of all texts, each followed by the end-of-text token, as one array."""
+        ids = encode_documents(self.tokenizer, texts)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
         stream = np.full(int(lengths.sum()), self.eos, dtype=self.dtype)
         is_token = np.ones(len(stream), dtype=bool)

@@ -36,7 +36,7 @@ from raylm.data.filters import apply_quality_filters
 from raylm.data.formats import read_documents
 from raylm.data.pack import SPLITS, TAIL_COLUMNS, TokenizeAndWrite, write_tail_shards
 from raylm.data.sources import SourceFile, SourceListing, list_sources
-from raylm.data.tokenizer import fingerprint, load_tokenizer_json, token_dtype, train_bpe, vocabulary
+from raylm.data.tokenizer import TokenizerFiles, load_tokenizer, token_dtype, train_bpe
 from raylm.errors import RaylmError
 
 MANIFEST = "manifest.json"
@@ -122,7 +122,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
     data = config.data
     started = time.time()
     listing = list_sources(data)
-    tokenizer_json = load_tokenizer_json(data.tokenizer.path) if data.tokenizer.path else None
+    tokenizer = load_tokenizer(data.tokenizer.path) if data.tokenizer.path else None
     output = storage.absolute(data.output)
     storage.check_writable(output)
     runtime.init_ray(address, num_cpus)
@@ -136,7 +136,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
     moves: dict[int, str] = {}
     try:
         docs = _documents(listing, data, clock)
-        streaming = not deduplicate and tokenizer_json is not None and input_bytes >= STREAM_MIN_BYTES
+        streaming = not deduplicate and tokenizer is not None and input_bytes >= STREAM_MIN_BYTES
         if not streaming:  # later steps need several passes over the documents
             mark = time.time()
             with _LiveLine(clock, "read", "reading", input_bytes, log):
@@ -151,17 +151,16 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
         if not streaming:
             docs, found, moves = _balance_splits(docs, data, log)
             train_bytes, kept_bytes = splitting.moved_bytes(found, moves)["train"], sum(found.kept_bytes.values())
-            if not kept_bytes or (tokenizer_json is None and not train_bytes):
+            if not kept_bytes or (tokenizer is None and not train_bytes):
                 raise RaylmError(splitting.nothing_to_train_on(found, data.sources))
-            if tokenizer_json is None:
-                tokenizer_json = _train_tokenizer(docs, data, train_bytes, phases, log)
-        vocab_size, eos_id = vocabulary(tokenizer_json)
-        dtype = token_dtype(vocab_size)
-        storage.write_bytes(storage.join(staging, "tokenizer.json"), tokenizer_json.encode())
+            if tokenizer is None:
+                tokenizer = _train_tokenizer(docs, data, train_bytes, phases, log)
+        dtype = token_dtype(tokenizer.load().get_vocab_size())
+        tokenizer.write(staging)
 
         mark = time.time()
         with _LiveLine(clock, "tokenize_pack_write", "tokenizing", kept_bytes, log):
-            batch_stats = _tokenize_and_write(docs, data, tokenizer_json, dtype, staging, clock)
+            batch_stats = _tokenize_and_write(docs, data, tokenizer, dtype, staging, clock)
         totals, tails = ray.get(_finish_batches.remote(batch_stats, data.seq_len, staging, dtype))
         phases[("read_clean_filter_" if streaming else "") + "tokenize_pack_write"] = time.time() - mark
         kept = sum(split_totals["documents"] for split_totals in totals["splits"].values())
@@ -170,7 +169,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
             raise RaylmError(f"no documents left in {data.sources} after cleaning, filtering and dedup (dropped: "
                              f"{dict(totals['dropped'])}){f'; see {splitting.fix_for(top[0][0])}' if top else ''}")
 
-        manifest = _manifest(config, listing, totals, tails, tokenizer_json, (vocab_size, eos_id), dtype, output, moves)
+        manifest = _manifest(config, listing, totals, tails, tokenizer, dtype, output, moves)
         manifest["stages"] = ray.get(clock.report.remote())
         manifest["phases_seconds"] = {name: round(seconds, 3) for name, seconds in phases.items()}
         manifest["wall_seconds"] = round(time.time() - started, 3)
@@ -239,7 +238,7 @@ def _light_tasks() -> dict:
     return {"num_cpus": LIGHT_TASK_CPUS, "compute": TaskPoolStrategy(size=size)}
 
 
-def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: dict, log) -> str:
+def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: dict, log) -> TokenizerFiles:
     """A BPE trained on a deterministic sample of the kept train documents (train_bytes in all)."""
     mark = time.time()
     fraction = min(1.0, data.tokenizer.sample_budget() / train_bytes)
@@ -247,19 +246,19 @@ def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: 
                               **_light_tasks()).materialize()
     cpus = runtime.largest_node_cpus()
     trained = _train_bpe_task.options(num_cpus=cpus)
-    tokenizer_json = ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency, cpus))
+    tokenizer = TokenizerFiles(ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency, cpus)))
     phases["tokenizer"] = time.time() - mark
-    log(f"prepare: trained a {vocabulary(tokenizer_json)[0]}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
+    log(f"prepare: trained a {tokenizer.load().get_vocab_size()}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
         f"in {phases['tokenizer']:.1f}s")
-    return tokenizer_json
+    return tokenizer
 
 
-def _tokenize_and_write(docs: Dataset, data: DataConfig, tokenizer_json: str, dtype: str, staging: str, clock) -> Dataset:
+def _tokenize_and_write(docs: Dataset, data: DataConfig, tokenizer: TokenizerFiles, dtype: str, staging: str, clock) -> Dataset:
     cpus = runtime.cluster_cpus()
     actors = max(1, int(cpus))
     return docs.map_batches(
         TokenizeAndWrite,
-        fn_constructor_kwargs={"tokenizer_json": tokenizer_json, "seq_len": data.seq_len, "output": staging,
+        fn_constructor_kwargs={"tokenizer": tokenizer, "seq_len": data.seq_len, "output": staging,
                                "dtype": dtype, "clock": clock},
         batch_size=data.batch_size,
         batch_format="pyarrow",
@@ -403,7 +402,7 @@ def _sum_batch_stats(rows) -> dict:
     return totals
 
 
-def _manifest(config, listing, totals, tails, tokenizer_json, vocabulary, dtype, output, moves) -> dict:
+def _manifest(config, listing, totals, tails, tokenizer: TokenizerFiles, dtype, output, moves) -> dict:
     splits = {}
     for split in SPLITS:
         counts, tail = totals["splits"][split], tails[split]
@@ -444,8 +443,8 @@ def _manifest(config, listing, totals, tails, tokenizer_json, vocabulary, dtype,
         "seq_len": config.data.seq_len,
         "dtype": dtype,
         "splits": splits,
-        "tokenizer": {"file": "tokenizer.json", "sha256": fingerprint(tokenizer_json), "vocab_size": vocabulary[0],
-                      "eos_id": vocabulary[1],
+        "tokenizer": {"file": "tokenizer.json", "sha256": tokenizer.sha256, "vocab_size": tokenizer.load().get_vocab_size(),
+                      "eos_id": tokenizer.eos_id(), "eos_token": tokenizer.eos_token,
                       "trained": config.data.tokenizer.path is None},
         "rejected": "rejected/",
         "config": config.model_dump(mode="json"),

@@ -1,13 +1,18 @@
 """Byte-level BPE (GPT-2 style) with `tokenizers`: trained on a sample, or loaded from a file.
 
 Byte-level means every input is encodable (no unknown token) and decode(encode(x)) == x.
-`<|endoftext|>` separates documents in the packed token stream.
+Each document is encoded as its tokenizer's own post-processor has it (raylm's BPE adds nothing; a
+Llama tokenizer puts its BOS first, as transformers does) and followed by the end-of-text token:
+`<|endoftext|>` for raylm's tokenizers, the `eos_token` of its `tokenizer_config.json` for one
+that came from a Hugging Face folder.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -15,6 +20,9 @@ from raylm import storage
 from raylm.errors import RaylmError
 
 EOS = "<|endoftext|>"
+TOKENIZER, TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+HF_TOKENIZER_FILES = (TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP, CHAT_TEMPLATE)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
@@ -32,22 +40,91 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Toke
     return tokenizer
 
 
-def load_tokenizer_json(path: str) -> str:
-    """The JSON text of a tokenizer file, checked to parse and to know `<|endoftext|>`."""
-    text = storage.read_bytes(storage.absolute(path)).decode("utf-8", errors="replace")
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """A tokenizer as raylm keeps it beside prepared data and in runs: the text of its
+    tokenizer.json and, for one from a Hugging Face folder, that folder's other tokenizer files
+    (tokenizer_config.json with its end-of-text token, a chat template, ...), carried unchanged."""
+
+    json: str
+    hf_files: tuple[tuple[str, str], ...] = ()  # (file name, text), in HF_TOKENIZER_FILES order
+
+    @classmethod
+    def read(cls, folder: str) -> TokenizerFiles:
+        """The tokenizer kept in a folder (prepared data, a run, a Hugging Face model)."""
+        return load_tokenizer(storage.join(folder, TOKENIZER))
+
+    def write(self, folder: str) -> None:
+        storage.write_bytes(storage.join(folder, TOKENIZER), self.json.encode())
+        for name, text in self.hf_files:
+            storage.write_bytes(storage.join(folder, name), text.encode())
+
+    def load(self) -> Tokenizer:
+        return Tokenizer.from_str(self.json)
+
+    def _json_file(self, name: str) -> dict:
+        text = dict(self.hf_files).get(name)
+        return json.loads(text) if text else {}
+
+    def special_token(self, key: str) -> str | None:
+        """A named special token ("eos_token", ...) of a Hugging Face tokenizer's config files."""
+        token = self._json_file(TOKENIZER_CONFIG).get(key) or self._json_file(SPECIAL_TOKENS_MAP).get(key)
+        return token["content"] if isinstance(token, dict) else token  # transformers also writes AddedToken dicts
+
+    @property
+    def eos_token(self) -> str:
+        return self.special_token("eos_token") or EOS
+
+    @property
+    def bos_token(self) -> str | None:
+        """A Hugging Face tokenizer's own (or none); raylm's documents start after `<|endoftext|>`."""
+        return self.special_token("bos_token") if self.hf_files else EOS
+
+    @property
+    def chat_template(self) -> str | None:
+        """tokenizer_config.json's chat_template, else chat_template.jinja (transformers 5 writes that)."""
+        template = self._json_file(TOKENIZER_CONFIG).get("chat_template") or dict(self.hf_files).get(CHAT_TEMPLATE)
+        if isinstance(template, list):  # several named templates: the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        return template
+
+    def eos_id(self, tokenizer: Tokenizer | None = None) -> int:
+        return (tokenizer or self.load()).token_to_id(self.eos_token)
+
+    @property
+    def sha256(self) -> str:
+        """What a later stage compares to refuse a dataset prepared with another tokenizer."""
+        return fingerprint(self.json)
+
+
+def load_tokenizer(path: str) -> TokenizerFiles:
+    """A tokenizer.json (local or s3://) and the Hugging Face tokenizer files beside it, if any,
+    checked to parse and to know their end-of-text token."""
+    absolute = storage.absolute(path)
+    text = storage.read_bytes(absolute).decode("utf-8", errors="replace")
     try:
         tokenizer = Tokenizer.from_str(text)
     except Exception as err:  # tokenizers raises plain Exception subclasses
         raise RaylmError(f"{path} is not a tokenizers JSON file: {str(err).splitlines()[0]}") from None
-    if tokenizer.token_to_id(EOS) is None:
-        raise RaylmError(f"tokenizer {path} has no {EOS} token; add it as a special token or train one")
-    return text
+    folder = storage.parent_and_name(absolute)[0]
+    beside = [(name, storage.read_bytes(storage.join(folder, name)).decode()) for name in HF_TOKENIZER_FILES
+              if storage.exists(storage.join(folder, name))]
+    files = TokenizerFiles(text, tuple(beside))
+    for name, content in beside:
+        if name.endswith(".json"):
+            try:
+                json.loads(content)
+            except ValueError:
+                raise RaylmError(f"{storage.join(folder, name)} is not JSON") from None
+    if files.eos_id(tokenizer) is None:
+        where = f"the eos_token of {folder}/{TOKENIZER_CONFIG}" if files.hf_files else "raylm's end-of-text token"
+        raise RaylmError(f"tokenizer {path} has no {files.eos_token} token ({where}); add it as a special token or train one")
+    return files
 
 
-def vocabulary(tokenizer_json: str) -> tuple[int, int]:
-    """(vocabulary size, id of <|endoftext|>)."""
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    return tokenizer.get_vocab_size(), tokenizer.token_to_id(EOS)
+def encode_documents(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids as the tokenizer's post-processor makes them, without the end-of-text token."""
+    return [encoding.ids for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=True)]
 
 
 def fingerprint(tokenizer_json: str) -> str:

@@ -19,11 +19,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray.data
 import torch
-from tokenizers import Tokenizer
 
 from raylm import runtime, storage
 from raylm.data.pack import as_model_rows, model_rows, windows_array
-from raylm.data.tokenizer import EOS
+from raylm.data.tokenizer import TokenizerFiles, encode_documents
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
 from raylm.train.checkpoint import load_model
@@ -126,10 +125,13 @@ def _metrics(nats_per_token: float, heldout: Heldout) -> dict:
             "bits_per_byte": nats_per_token / math.log(2) * heldout.tokens / heldout.bytes}
 
 
-def _prepared_split(path: str, block_size: int) -> Heldout:
+def _prepared_split(path: str, block_size: int, tokenizer: TokenizerFiles) -> Heldout:
     """The test split of a prepared folder, else its val split; windows longer than the model's
     context are scored as rows of it, as training reads them."""
     manifest = read_manifest(path)
+    if manifest["tokenizer"]["sha256"] != tokenizer.sha256:
+        raise RaylmError(f"{path} was prepared with another tokenizer than the model's: its token ids mean other text; "
+                         "prepare it with data.tokenizer.path=<the model's folder>/tokenizer.json, or give text files")
     split = "test" if manifest["splits"]["test"]["sequences"] else "val"
     stats = manifest["splits"][split]
     if not stats["sequences"]:
@@ -142,12 +144,14 @@ def _prepared_split(path: str, block_size: int) -> Heldout:
                    block_size=block_size if rows > 1 else None)
 
 
-def _text_files(paths: list[str], tokenizer: Tokenizer, seq_len: int) -> Heldout:
-    """The files' tokens, each file followed by EOS as in training, cut into the windows the model
-    trained on (seq_len + 1 tokens, overlapping by one so every token but the first is predicted once)."""
+def _text_files(paths: list[str], tokenizer: TokenizerFiles, seq_len: int) -> Heldout:
+    """The files' tokens, each file a document as in training (end-of-text after it), cut into the
+    windows the model trained on (seq_len + 1 tokens, overlapping by one so every token but the
+    first is predicted once)."""
     texts = [storage.read_bytes(storage.absolute(p)).decode("utf-8", errors="replace") for p in paths]
-    eos = tokenizer.token_to_id(EOS)
-    stream = np.array([t for e in tokenizer.encode_batch_fast(texts, add_special_tokens=False) for t in [*e.ids, eos]])
+    codec = tokenizer.load()
+    eos = tokenizer.eos_id(codec)
+    stream = np.array([t for ids in encode_documents(codec, texts) for t in [*ids, eos]])
     if len(stream) < 2:
         raise RaylmError(f"no text to evaluate in {', '.join(paths)}")
     windows = [stream[i : i + seq_len + 1] for i in range(0, len(stream) - 1, seq_len)]
@@ -161,13 +165,16 @@ def evaluate(run_dir: str, inputs: list[str], workers: int | None = None, addres
     `workers` in the report is 0 when this process scored alone."""
     if workers is not None and workers < 1:
         raise RaylmError(f"the number of workers must be at least 1, got {workers}")
-    model, tokenizer, config, checkpoint = load_model(run_dir)
+    model, source = load_model(run_dir)
+    config = source.config
+    if not inputs and source.hf:
+        raise RaylmError(f"{run_dir} is a Hugging Face model folder, which names no data: give text files or a prepared folder")
     if not inputs:
         inputs = [config.train.data]
     if len(inputs) == 1 and storage.exists(storage.join(storage.absolute(inputs[0]), "manifest.json")):
-        heldout = _prepared_split(inputs[0], config.model.block_size)
+        heldout = _prepared_split(inputs[0], config.model.block_size, source.tokenizer)
     else:
-        heldout = _text_files(inputs, tokenizer, config.data.seq_len)
+        heldout = _text_files(inputs, source.tokenizer, config.data.seq_len)
     if workers is None and heldout.num_windows <= RAY_WINDOWS:
         nats, count, histogram = _score(model, heldout.read())
     else:
@@ -175,7 +182,7 @@ def evaluate(run_dir: str, inputs: list[str], workers: int | None = None, addres
         workers = workers or max(1, int(runtime.cluster_cpus()))
         nats, count, histogram = _score_on_ray(storage.absolute(run_dir), heldout, workers)
     return {
-        "checkpoint": checkpoint,
+        "checkpoint": source.checkpoint,
         "data": heldout.what,
         **_metrics(nats / count, heldout),
         "tokens": count,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from tokenizers import Tokenizer
 
-from raylm.data.tokenizer import EOS
+from raylm.data.tokenizer import TokenizerFiles
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
 
@@ -82,7 +82,7 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: f
 
 def generate(
     model: GPT,
-    tokenizer: Tokenizer,
+    tokenizer: TokenizerFiles,
     prompt: str,
     max_new_tokens: int = 200,
     temperature: float = 0.8,
@@ -92,19 +92,21 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     use_cache: bool = True,
 ) -> str:
-    """The continuation of `prompt` (without the prompt), up to max_new_tokens or <|endoftext|>.
+    """The continuation of `prompt` (without the prompt), up to max_new_tokens or the end-of-text token.
 
     Top-k of None or 0 and top-p of None or 1 turn those cuts off. on_text gets each new piece
-    of text as soon as it is final; the pieces add up to the returned text. An empty prompt starts
-    from <|endoftext|>, as a document does in training.
+    of text as soon as it is final; the pieces add up to the returned text. The prompt is encoded
+    as a document starts in training (a Llama tokenizer puts its BOS first); an empty one, with
+    nothing before it, starts after the end-of-text token.
     """
     check_sampling(temperature, top_k, top_p)
-    eos = tokenizer.token_to_id(EOS)
-    tokens = tokenizer.encode(prompt, add_special_tokens=False).ids or [eos]
+    codec = tokenizer.load()
+    eos = tokenizer.eos_id(codec)
+    tokens = codec.encode(prompt).ids or [eos]
     block_size = model.config.block_size
     device = model.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(seed)
-    stream = TextStream(tokenizer, on_text)
+    stream = TextStream(codec, on_text)
     start = 0  # the model reads tokens[start:]
     cache = model.new_cache(1) if use_cache else None
     was_training = model.training

@@ -3,8 +3,9 @@
 transformers, vLLM, lm-eval-harness and the Hub read it as they read any Llama or Qwen2 model:
 `config.json`, safetensors weights (sharded with an index above `max_shard_size`, as the Hub
 does; a tied matrix written once), the run's own `tokenizer.json` with a `tokenizer_config.json`
-that names `<|endoftext|>` as bos, eos and pad (raylm puts nothing before a prompt, and neither
-does this tokenizer), `generation_config.json` and a model card. The safetensors files are
+(the one of the Hugging Face folder the run started from, unchanged; else one that names
+`<|endoftext|>` as bos, eos and pad, and adds nothing before a prompt, as raylm does),
+`generation_config.json` and a model card. The safetensors files are
 streamed one tensor at a time, each cast as it is written, so the process holds the model plus
 one tensor, not two models.
 The folder is written beside its destination and published in one step, like prepare's output.
@@ -15,12 +16,13 @@ from __future__ import annotations
 import json
 import re
 import struct
+from dataclasses import replace
 
 import torch
 
 from raylm import storage
-from raylm.data.tokenizer import EOS
 from raylm.errors import RaylmError
+from raylm.data.tokenizer import TOKENIZER_CONFIG
 from raylm.model.hf import CONFIG, INDEX, WEIGHTS, hf_config, to_hf_tensors
 from raylm.train.checkpoint import load_model, saved_state
 from raylm.train.metrics import read_metrics
@@ -48,26 +50,29 @@ def export(run_dir: str, output: str | None = None, dtype: str = "bfloat16", max
         raise RaylmError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     shard_bytes = parse_size(max_shard_size)
     run_dir = storage.absolute(run_dir)
-    model, tokenizer, config, checkpoint = load_model(run_dir)
+    model, source = load_model(run_dir)
+    config, tokenizer = source.config, source.tokenizer
     parameters = model.num_params(non_embedding=False)
-    eos = tokenizer.token_to_id(EOS)
-    hf = hf_config(config.model, eos, dtype)
+    codec = tokenizer.load()
+    eos, bos = tokenizer.eos_id(codec), codec.token_to_id(tokenizer.bos_token) if tokenizer.bos_token else None
+    hf = hf_config(config.model, bos, eos, dtype)
     output = storage.absolute(output or storage.join(run_dir, "hf"))
     storage.check_writable(output)
     staging = storage.staging_folder(output)
     try:
         shards = _write_weights(to_hf_tensors(model.state_dict(), config.model), DTYPES[dtype], shard_bytes, staging)
-        storage.write_bytes(storage.join(staging, "tokenizer.json"),
-                            storage.read_bytes(storage.join(run_dir, "tokenizer.json")))
+        if not tokenizer.hf_files:
+            tokenizer = replace(tokenizer, hf_files=((TOKENIZER_CONFIG, json.dumps({
+                "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token, "pad_token": tokenizer.eos_token, "add_bos_token": False,
+                "add_eos_token": False, "model_max_length": config.model.block_size,
+                "clean_up_tokenization_spaces": False}, indent=2)),))
+        tokenizer.write(staging)
         files = {
-            "tokenizer_config.json": {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS, "eos_token": EOS,
-                                      "pad_token": EOS, "add_bos_token": False, "add_eos_token": False,
-                                      "model_max_length": config.model.block_size,
-                                      "clean_up_tokenization_spaces": False},
-            "generation_config.json": {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos},
+            "generation_config.json": {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos},
             CONFIG: hf,
         }
-        card = _model_card(run_dir, config, parameters, hf, checkpoint, dtype, shards)
+        card = _model_card(run_dir, config, parameters, hf, source, dtype, shards)
         storage.write_bytes(storage.join(staging, "README.md"), card.encode())
         for name, content in files.items():  # config.json last: the folder is complete once it is there
             storage.write_bytes(storage.join(staging, name), json.dumps(content, indent=2).encode())
@@ -118,8 +123,9 @@ def _write_safetensors(path: str, tensors: dict[str, torch.Tensor], dtype: torch
             stream.write(tensor.detach().to(dtype).contiguous().view(torch.uint8).numpy())
 
 
-def _model_card(run_dir: str, config, parameters: int, hf: dict, checkpoint: str, dtype: str, shards: list[str]) -> str:
+def _model_card(run_dir: str, config, parameters: int, hf: dict, source, dtype: str, shards: list[str]) -> str:
     """What the model is, what it saw and how it scored, from the run's own files."""
+    checkpoint, start = source.checkpoint, config.finetune.init or config.train.init
     records = read_metrics(run_dir)
     tokens = next((r["tokens"] for r in reversed(records) if "tokens" in r), None)
     last_val = next((r for r in reversed(records) if "val_loss" in r), None)
@@ -132,7 +138,8 @@ def _model_card(run_dir: str, config, parameters: int, hf: dict, checkpoint: str
         f"| architecture | {m.n_layer} layers, {m.n_head} query / {m.kv_heads} key-value heads of {m.head_size}, width "
         f"{m.n_embd}, SwiGLU {m.ffn_size}, RoPE θ {m.rope_theta:g}, context {m.block_size} |",
         f"| parameters | {parameters:,} ({'tied' if m.tie_embeddings else 'untied'} embeddings) |",
-        f"| vocabulary | {m.vocab_size:,} tokens, byte-level BPE, `<|endoftext|>` between documents |",
+        f"| vocabulary | {m.vocab_size:,} tokens, `{source.tokenizer.eos_token}` after each document |",
+        *([f"| started from | `{start}` |"] if start else []),
         f"| checkpoint | step {saved_state(checkpoint)['step']:,} (`{checkpoint}`) |",
         f"| tokens seen | {tokens:,} |" if tokens is not None else "| tokens seen | not recorded |",
         f"| weights | {dtype}, {len(shards)} safetensors file(s) |",

@@ -1,8 +1,9 @@
 """`raylm finetune`: continue training a pretrained run's model on new data, through the same
 TorchTrainer path as pretraining, and report validation before and after.
 
-The data is a folder prepared with the pretrained run's tokenizer (`data.tokenizer.path=<run>/tokenizer.json`)
-or instruction JSONL (`finetune.instructions`). The model and tokenizer come from `finetune.init`.
+The model and tokenizer come from `finetune.init`: a run folder or a Hugging Face model folder.
+The data is a folder prepared with that tokenizer (`data.tokenizer.path=<init>/tokenizer.json`)
+or instruction JSONL (`finetune.instructions`).
 A LoRA run ends with merge-and-save: `<run>/merged/` is an ordinary run folder with the adapters
 folded into the weights, for every other command (and another fine-tune) to use.
 """
@@ -16,13 +17,13 @@ import tempfile
 import ray.train
 
 from raylm import runtime, storage
-from raylm.config import Config, dump_config, run_config
-from raylm.data.tokenizer import fingerprint
+from raylm.config import Config, dump_config
 from raylm.errors import RaylmError
 from raylm.data.instructions import load_instructions
-from raylm.train.checkpoint import checkpoint_name, latest_complete, saved_state, save_weights
+from raylm.train.checkpoint import checkpoint_name, model_source, saved_state, save_weights
 from raylm.train.metrics import read_metrics
-from raylm.train.trainer import TrainingJob, check_batch, fit_to_context, read_manifest, run, run_folder
+from raylm.train.trainer import (TrainingJob, check_batch, check_tokenizer, fit_to_context, read_manifest, run,
+                                 run_folder)
 
 MERGED = "merged"
 REPORT = "finetune.json"
@@ -33,26 +34,21 @@ def plan_finetune(config: Config) -> TrainingJob:
     tokenizer, the output folder."""
     settings = config.finetune
     if settings.init is None:
-        raise RaylmError("finetune.init is not set: give the run folder of the pretrained model, e.g. finetune.init=runs/pretrain")
-    init_dir = start_folder(storage.absolute(settings.init))
-    init_checkpoint = latest_complete(init_dir)
-    if init_checkpoint is None:
-        raise RaylmError(f"finetune.init: no checkpoint in {settings.init}; is it a run folder (<train.storage>/<train.name>)?")
-    init_config = run_config(init_dir)
-    tokenizer_json = storage.read_bytes(storage.join(init_dir, "tokenizer.json")).decode()
+        raise RaylmError("finetune.init is not set: give the run folder of the pretrained model, e.g. finetune.init=runs/pretrain, "
+                         "or a Hugging Face model folder")
+    source = model_source(start_folder(storage.absolute(settings.init)), "finetune.init")
     if "name" not in config.train.model_fields_set:
         config = config.model_copy(update={"train": config.train.model_copy(update={"name": "finetune"})})
-    config = config.model_copy(update={"model": init_config.model})
+    config = config.model_copy(update={"model": source.config.model})
     run_dir = run_folder(config)
-    if run_dir.rstrip("/") == init_dir.rstrip("/"):
-        raise RaylmError(f"train.name: the fine-tuning run would write into {init_dir}, the run it starts from; choose another train.name")
+    if run_dir.rstrip("/") == source.folder.rstrip("/"):
+        raise RaylmError(f"train.name: the fine-tuning run would write into {source.folder}, the run it starts from; choose another train.name")
 
-    job = TrainingJob(config, run_dir, tokenizer_json, config.data.seq_len, init_checkpoint=init_checkpoint,
-                      eval_at_start=True, command="finetune")
+    job = TrainingJob(config, run_dir, source.tokenizer, config.data.seq_len, init=source, eval_at_start=True,
+                      command="finetune")
     if settings.instructions:
-        rows = load_instructions(settings.instructions, tokenizer_json, config.data.seq_len, settings.prompt_field,
-                                 settings.response_field, config.data.split.val, config.data.split.seed,
-                                 min_val=config.train.workers)
+        rows = load_instructions(settings.instructions, source.tokenizer, config.data.seq_len, settings,
+                                 config.data.split.val, config.data.split.seed, min_val=config.train.workers)
         if config.data.seq_len > config.model.block_size:  # a row is one padded pair: it cannot be cut into several
             raise RaylmError(f"data.seq_len ({config.data.seq_len}) is larger than model.block_size "
                              f"({config.model.block_size}); set a smaller data.seq_len")
@@ -61,9 +57,7 @@ def plan_finetune(config: Config) -> TrainingJob:
     else:
         data = storage.absolute(config.train.data)
         manifest = read_manifest(data)
-        if manifest["tokenizer"]["sha256"] != fingerprint(tokenizer_json):
-            raise RaylmError(f"train.data {config.train.data} was prepared with another tokenizer than {settings.init}'s; "
-                             f"prepare it again with data.tokenizer.path={storage.join(init_dir, 'tokenizer.json')}")
+        check_tokenizer(manifest, source, config.train.data, "finetune.init")
         job.config, job.rows_per_window = fit_to_context(config, manifest)
         job.data, job.manifest, job.seq_len = data, manifest, job.config.data.seq_len
     storage.check_writable(run_dir)
@@ -112,13 +106,13 @@ def merge_and_save(run_dir: str) -> str:
     """Fold a LoRA run's adapters into its weights and save the plain model as <run>/merged/."""
     from raylm.train.checkpoint import load_model
 
-    model, _, config, checkpoint = load_model(run_dir)
+    model, source = load_model(run_dir)
     merged = storage.join(run_dir, MERGED)
+    config = source.config
     plain = config.model_copy(update={"finetune": config.finetune.model_copy(update={"method": "full"})})
     storage.write_bytes(storage.join(merged, "config.yaml"), dump_config(plain).encode())
-    # The run's own file, byte for byte: data prepared with it must keep matching its fingerprint.
-    storage.write_bytes(storage.join(merged, "tokenizer.json"), storage.read_bytes(storage.join(run_dir, "tokenizer.json")))
-    step = saved_state(checkpoint)["step"]
+    source.tokenizer.write(merged)  # byte for byte: data prepared with it must keep matching its fingerprint
+    step = saved_state(source.checkpoint)["step"]
     with tempfile.TemporaryDirectory() as local:
         save_weights(local, model, step)
         storage.upload_dir(local, storage.join(merged, checkpoint_name(step)))

@@ -4,16 +4,20 @@ These architectures are raylm's GPT with options set (rotate-half RoPE, RMSNorm,
 key/value heads, untied embeddings, Qwen2's qkv biases, Llama 3's RoPE scaling), so a folder is a
 config mapping and a renaming of tensors: `config.json` to ModelConfig fields, `q_proj`, `k_proj`
 and `v_proj` to the fused `qkv`, the vocabulary padded to raylm's multiple of 64. Plain JSON and
-safetensors; no transformers, no Ray.
+safetensors (read here by rows, so a worker reads only its shards); no transformers, no Ray.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
+import struct
 
+import pyarrow.fs as pafs
 import torch
+from torch.distributed.tensor import DTensor
 
+from raylm import storage
 from raylm.config import ModelConfig
 from raylm.errors import RaylmError
 
@@ -51,6 +55,7 @@ def model_fields(hf: dict, source: str) -> dict:
         raise RaylmError(f"{source}: rope_type {rope_type!r}; raylm applies plain RoPE and llama3 scaling only")
     return {
         "preset": None,
+        "architecture": kind,
         "n_layer": hf["num_hidden_layers"],
         "n_head": heads,
         "n_kv_head": hf.get("num_key_value_heads") or heads,
@@ -71,16 +76,19 @@ def model_fields(hf: dict, source: str) -> dict:
     }
 
 
-def hf_config(config: ModelConfig, eos_id: int, dtype: str) -> dict:
-    """The config.json of a raylm model: LlamaForCausalLM, or Qwen2ForCausalLM when it has qkv
-    biases. `<|endoftext|>` is bos and eos, as raylm trains (a document starts after one)."""
+def hf_config(config: ModelConfig, bos_id: int | None, eos_id: int, dtype: str) -> dict:
+    """The config.json of a raylm model: the family it was read from, else LlamaForCausalLM, or
+    Qwen2ForCausalLM when it has qkv biases."""
     if config.positions != "rope":
         raise RaylmError("model.positions=learned: the Llama family has rotary positions only, so this run cannot be "
                          "exported as a Hugging Face model")
     if config.mlp != "swiglu":
         raise RaylmError("model.mlp=gelu: the Llama family has a SwiGLU feed-forward only, so this run cannot be "
                          "exported as a Hugging Face model")
-    kind = "qwen2" if config.qkv_bias else "llama"
+    kind = config.architecture or ("qwen2" if config.qkv_bias else "llama")
+    if config.qkv_bias != (kind == "qwen2"):
+        raise RaylmError(f"model.qkv_bias={config.qkv_bias} with model.architecture={kind}: only Qwen2 has biases on "
+                         "q, k and v (and always)")
     scaling = config.rope_scaling
     return {
         "architectures": [ARCHITECTURES[kind]],
@@ -99,7 +107,8 @@ def hf_config(config: ModelConfig, eos_id: int, dtype: str) -> dict:
         "rope_scaling": scaling.model_dump() if scaling else None,
         "tie_word_embeddings": config.tie_embeddings,
         **({} if kind == "qwen2" else {"attention_bias": False, "mlp_bias": False}),
-        "bos_token_id": eos_id,
+        **({"sliding_window": None} if kind == "mistral" else {}),  # raylm attends to its whole context
+        "bos_token_id": bos_id,
         "eos_token_id": eos_id,
         "torch_dtype": dtype,
         "use_cache": True,
@@ -136,50 +145,122 @@ def to_hf_tensors(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[s
     return {name: state[ours][rows].contiguous() for name, (ours, rows, _) in tensor_map(config).items()}
 
 
-def load_into(model: torch.nn.Module, path: str) -> None:
-    """Copy a local folder's tensors into raylm's model in place, one tensor at a time (safetensors
-    maps the files; nothing else is read whole), checking each name and shape against the config."""
-    from safetensors import safe_open
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
-    expected = tensor_map(model.config)
-    state, seen = model.state_dict(), set()
-    for file in weight_files(path):
-        with safe_open(str(Path(path) / file), "pt") as weights:
-            for stored in weights.keys():
-                name = stored if stored in expected or stored.startswith("lm_head") else "model." + stored
-                if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and model.config.tie_embeddings):
-                    continue  # recomputed by raylm; a copy of the tied embedding
-                if name not in expected:
-                    raise RaylmError(f"{path}: tensor {stored} has no place in a {model.config.n_layer}-layer model")
-                ours, rows, shape = expected[name]
-                tensor = weights.get_tensor(stored)
-                if tuple(tensor.shape) != shape:
-                    raise RaylmError(f"{path}: {name} has shape {tuple(tensor.shape)}, the config says {shape}")
+
+class SafetensorsFolder:
+    """A folder's safetensors files (local or s3://), read by rows. A file is an 8-byte header
+    length, a JSON header giving each tensor's dtype, shape and byte range, then the bytes, row after
+    row: so the rows of one shard of a tensor are one contiguous read, and a worker that holds a
+    shard of the model reads its rows and nothing else (S3: ranged GETs). `bytes_read` counts them."""
+
+    def __init__(self, folder: str):
+        self.folder, self.tensors, self.bytes_read, self._open = folder, {}, 0, {}
+        for file in weight_files(folder):
+            with storage.open_input(storage.join(folder, file), seekable=True) as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(length))
+            header.pop("__metadata__", None)
+            for stored, entry in header.items():
+                if entry["dtype"] not in SAFETENSORS_DTYPES:
+                    raise RaylmError(f"{folder}: {stored} is {entry['dtype']}; raylm reads float tensors only")
+                name = stored if stored.startswith(("model.", "lm_head")) else "model." + stored  # older files
+                self.tensors[name] = (file, stored, entry["dtype"], tuple(entry["shape"]), 8 + length + entry["data_offsets"][0])
+
+    def check(self, config: ModelConfig) -> dict[str, tuple[str, slice, tuple[int, ...]]]:
+        """The tensor map, once every tensor of the architecture is there with the config's shape
+        and nothing is left over (headers only; no weights read)."""
+        expected = tensor_map(config)
+        for name, (_, stored, _, shape, _) in self.tensors.items():
+            if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and config.tie_embeddings):
+                continue  # recomputed by raylm; a copy of the tied embedding
+            if name not in expected:
+                raise RaylmError(f"{self.folder}: tensor {stored} has no place in a {config.n_layer}-layer model")
+            if shape != expected[name][2]:
+                raise RaylmError(f"{self.folder}: {name} has shape {shape}, its config.json says {expected[name][2]}")
+        missing = sorted(set(expected) - set(self.tensors))
+        if missing:
+            raise RaylmError(f"{self.folder}: no tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return expected
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of a tensor (elements of a 1-D one), in its stored dtype."""
+        file, _, dtype, shape, offset = self.tensors[name]
+        dtype = SAFETENSORS_DTYPES[dtype]
+        row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        if file not in self._open:
+            self._open[file] = storage.open_input(storage.join(self.folder, file), seekable=True)
+        f = self._open[file]
+        f.seek(offset + start * row_bytes)
+        data = torch.empty((stop - start) * row_bytes, dtype=torch.uint8)
+        if f.readinto(data.numpy()) != data.numel():
+            raise RaylmError(f"{self.folder}/{file} is truncated: {name} ends past the end of the file")
+        self.bytes_read += data.numel()
+        return data.view(dtype).view(stop - start, *shape[1:])
+
+    def close(self) -> None:
+        for f in self._open.values():
+            f.close()
+        self._open.clear()
+
+
+def load_into(model: torch.nn.Module, folder: str) -> int:
+    """Copy a folder's tensors into raylm's model in place and return the bytes read. Each tensor
+    of the model that is sharded over workers (FSDP2 puts rows [r·⌈n/w⌉, (r+1)·⌈n/w⌉) on rank r)
+    gets only its own rows read; a plain tensor, all of them. One piece of one tensor is in memory
+    at a time besides the model."""
+    weights = SafetensorsFolder(folder)
+    config = model.config
+    state = model.state_dict()
+    try:
+        for name, (ours, rows, shape) in weights.check(config).items():
+            local, offset = _local_rows(state[ours])
+            first = rows.start or 0  # this tensor's rows in ours
+            lo, hi = max(first, offset), min(first + shape[0], offset + local.shape[0])
+            if lo < hi:
                 with torch.no_grad():
-                    state[ours][rows].copy_(tensor)
-                seen.add(name)
-    missing = sorted(set(expected) - seen)
-    if missing:
-        raise RaylmError(f"{path}: no tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+                    local[lo - offset : hi - offset].copy_(weights.rows(name, lo - first, hi - first))
+    finally:
+        weights.close()
     with torch.no_grad():  # the rows past the vocabulary are never a token
         for name in ("wte.weight", "lm_head.weight"):
-            state[name][model.config.vocab_size:].zero_()
+            local, offset = _local_rows(state[name])
+            local[max(0, config.vocab_size - offset):].zero_()
+    return weights.bytes_read
 
 
-def read_config(path: str) -> dict:
-    return json.loads((Path(path) / CONFIG).read_text())
+def _local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """This process's part of a parameter and the row of the whole it starts at: all of a plain
+    tensor; a DTensor's local shard, as FSDP2 cuts dim 0 (torch.chunk's equal chunks)."""
+    if not isinstance(tensor, DTensor):
+        return tensor, 0
+    if len(tensor.placements) != 1 or not tensor.placements[0].is_shard(0):
+        raise RaylmError(f"loading a Hugging Face folder into a {tensor.placements} tensor: raylm reads FSDP2 dim-0 shards only")
+    local, rows = tensor.to_local(), tensor.shape[0]
+    offset = min(rows, tensor.device_mesh.get_local_rank() * -(-rows // tensor.device_mesh.size()))
+    return local, offset
 
 
-def weight_files(path: str) -> list[str]:
-    """The safetensors files of a local folder: one, or those its index names."""
-    folder = Path(path)
-    if (folder / INDEX).is_file():
-        return sorted(set(json.loads((folder / INDEX).read_text())["weight_map"].values()))
-    if (folder / WEIGHTS).is_file():
+def read_config(folder: str) -> dict:
+    try:
+        return json.loads(storage.read_bytes(storage.join(folder, CONFIG)))
+    except ValueError:
+        raise RaylmError(f"{folder}/{CONFIG} is not JSON") from None
+
+
+def is_hf_folder(folder: str) -> bool:
+    """A Hugging Face model folder, not a raylm run (which has config.yaml)."""
+    return storage.exists(storage.join(folder, CONFIG)) and not storage.exists(storage.join(folder, "config.yaml"))
+
+
+def weight_files(folder: str) -> list[str]:
+    """The safetensors files of a folder: one, or those its index names."""
+    if storage.exists(storage.join(folder, INDEX)):
+        return sorted(set(json.loads(storage.read_bytes(storage.join(folder, INDEX)))["weight_map"].values()))
+    if storage.exists(storage.join(folder, WEIGHTS)):
         return [WEIGHTS]
-    if any(folder.glob("*.bin")):
-        raise RaylmError(f"{path} has PyTorch .bin weights only; raylm reads safetensors (in transformers: "
+    fs, inner = storage.filesystem(folder)
+    if any(e.base_name.endswith(".bin") for e in fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))):
+        raise RaylmError(f"{folder} has PyTorch .bin weights only; raylm reads safetensors (in transformers: "
                          "model.save_pretrained(folder, safe_serialization=True))")
-    raise RaylmError(f"{path} has no {WEIGHTS} (nor {INDEX})")
-
-
+    raise RaylmError(f"{folder} has no {WEIGHTS} (nor {INDEX})")

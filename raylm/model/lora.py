@@ -31,10 +31,15 @@ class LoRALinear(nn.Module):
             self.bias.requires_grad_(False)
         out_features, in_features = base.weight.shape
         self.lora_a = nn.Parameter(torch.empty(config.rank, in_features, device=base.weight.device, dtype=base.weight.dtype))
-        self.lora_b = nn.Parameter(torch.zeros(out_features, config.rank, device=base.weight.device, dtype=base.weight.dtype))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # nn.Linear's own init, as in the paper's code
+        self.lora_b = nn.Parameter(torch.empty(out_features, config.rank, device=base.weight.device, dtype=base.weight.dtype))
         self.scale = config.alpha / config.rank
         self.drop = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # nn.Linear's own init, as in the paper's code
+        nn.init.zeros_(self.lora_b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.drop(x), self.lora_a), self.lora_b) * self.scale
@@ -62,6 +67,13 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     for parent, name, linear in list(_targets(model, config.targets, nn.Linear)):
         setattr(parent, name, LoRALinear(linear, config))
     return model
+
+
+def reset_lora(model: nn.Module) -> None:
+    """Initialise every adapter again (after `to_empty()` gave a model built on the meta device its memory)."""
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            module.reset_parameters()
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -177,10 +177,11 @@ def sample_blocks(run: Run, sample_tokens: int, log) -> list[Block]:
 
     if latest_complete(run.folder) is None:
         return [Text("No checkpoint to sample from yet.")]
-    model, tokenizer, _, checkpoint = load_model(run.folder)
+    model, source = load_model(run.folder)
+    checkpoint = source.checkpoint
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     log(f"sampling {sample_tokens} tokens from {checkpoint}")
-    text = generate(model, tokenizer, "", max_new_tokens=sample_tokens, seed=0, **SAMPLE_SETTINGS)
+    text = generate(model, source.tokenizer, "", max_new_tokens=sample_tokens, seed=0, **SAMPLE_SETTINGS)
     settings = ", ".join(f"{key} {value}" for key, value in SAMPLE_SETTINGS.items())
     return [Text(f"Up to {sample_tokens} tokens from {checkpoint}, starting a new document; {settings}, seed 0."),
             Code(text)]

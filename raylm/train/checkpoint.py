@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -24,11 +25,11 @@ import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from tokenizers import Tokenizer
-
 from raylm import storage
-from raylm.config import Config, run_config
+from raylm.config import Config, DataConfig, ModelConfig, run_config
+from raylm.data.tokenizer import TOKENIZER, TokenizerFiles
 from raylm.errors import RaylmError
+from raylm.model import hf
 from raylm.model.gpt import GPT
 from raylm.model.lora import apply_lora, merge_lora
 
@@ -173,18 +174,55 @@ def _set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state(states["cuda"])
 
 
-def load_model(run_dir: str) -> tuple[GPT, Tokenizer, Config, str]:
-    """The run's latest complete checkpoint as a plain model in this process (LoRA adapters merged),
-    with its tokenizer, config and checkpoint path: what evaluation, generation, reports and export read."""
-    run_dir = storage.absolute(run_dir)
-    checkpoint = latest_complete(run_dir, warn=lambda message: print(f"raylm: warning: {message}", file=sys.stderr))
+@dataclass(frozen=True)
+class ModelSource:
+    """A model to read or to start from: a run folder's latest complete checkpoint, or a Hugging
+    Face model folder (Llama, Mistral, Qwen2 in safetensors; see raylm.model.hf)."""
+
+    folder: str
+    config: Config  # the run's; for a Hugging Face folder, the defaults around its model
+    tokenizer: TokenizerFiles
+    checkpoint: str  # the DCP checkpoint folder; the folder itself for a Hugging Face one
+    hf: bool
+
+
+def model_source(path: str, key: str) -> ModelSource:
+    """What `path` holds, checked without reading any weights (a Hugging Face folder's safetensors
+    headers are checked against its config.json); `key` names the setting in errors."""
+    folder = storage.absolute(path)
+    if hf.is_hf_folder(folder):
+        model = ModelConfig(**hf.model_fields(hf.read_config(folder), path))
+        if not storage.exists(storage.join(folder, TOKENIZER)):
+            raise RaylmError(f"{key}: {path} has no {TOKENIZER}; raylm needs the fast tokenizer's file "
+                             "(transformers writes it: AutoTokenizer.from_pretrained(...).save_pretrained(folder))")
+        hf.SafetensorsFolder(folder).check(model)
+        data = DataConfig(seq_len=min(DataConfig().seq_len, model.block_size))
+        return ModelSource(folder, Config(model=model, data=data), TokenizerFiles.read(folder), folder, True)
+    checkpoint = latest_complete(folder, warn=lambda message: print(f"raylm: warning: {message}", file=sys.stderr))
     if checkpoint is None:
-        raise RaylmError(f"no checkpoint in {run_dir}: is it a run folder (<train.storage>/<train.name>)?")
-    config = run_config(run_dir)
-    tokenizer = Tokenizer.from_str(storage.read_bytes(storage.join(run_dir, "tokenizer.json")).decode())
-    model = GPT(config.model)
-    if config.finetune.method == "lora":  # its checkpoints hold the frozen weights and the adapters
-        apply_lora(model, config.finetune.lora)
-    with storage.local_dir(checkpoint) as local:
+        raise RaylmError(f"{key}: no checkpoint in {path}: give a run folder (<train.storage>/<train.name>) or a "
+                         "Hugging Face model folder (config.json, safetensors, tokenizer.json)")
+    return ModelSource(folder, run_config(folder), TokenizerFiles.read(folder), checkpoint, False)
+
+
+def load_source_weights(model: nn.Module, source: ModelSource) -> int | None:
+    """The source's weights into `model` (a plain or an FSDP2-sharded GPT); the bytes read of a
+    Hugging Face folder, which is read by the rows each process holds. A DCP checkpoint is read
+    whole into a plain model (None)."""
+    if source.hf:
+        return hf.load_into(model, source.checkpoint)
+    with storage.local_dir(source.checkpoint) as local:
         load_weights(local, model)
-    return merge_lora(model).eval(), tokenizer, config, checkpoint
+    return None
+
+
+def load_model(path: str, key: str = "--checkpoint") -> tuple[GPT, ModelSource]:
+    """A run's latest complete checkpoint (LoRA adapters merged) or a Hugging Face folder as a
+    plain model in this process, with where it came from: what evaluation, generation, reports and
+    export read."""
+    source = model_source(path, key)
+    model = GPT(source.config.model)
+    if source.config.finetune.method == "lora":  # its checkpoints hold the frozen weights and the adapters
+        apply_lora(model, source.config.finetune.lora)
+    load_source_weights(model, source)
+    return merge_lora(model).eval(), source

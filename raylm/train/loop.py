@@ -8,6 +8,7 @@ so the steps after a resume see the same batches and give the same losses.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
@@ -23,15 +24,17 @@ import torch.distributed as dist
 from raylm import storage
 from raylm.config import Config, TrainConfig
 from raylm.data.pack import windows_array
-from raylm.model.lora import apply_lora
+from raylm.model.lora import apply_lora, reset_lora
 from raylm.model.gpt import GPT
 from raylm.runtime import say
-from raylm.train.checkpoint import checkpoint_name, latest_complete, load_checkpoint, load_weights, save_checkpoint
+from raylm.train.checkpoint import (ModelSource, checkpoint_name, latest_complete, load_checkpoint, load_source_weights,
+                                   save_checkpoint)
 from raylm.train.metrics import RunLog, peak_flops
 from raylm.train.parallelize import gradient_sync, parallelize, unwrap
 from raylm.train.schedule import learning_rate
 
 FAULT_MARKER = "fault-injected"
+START = "start.json"
 IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 
@@ -124,16 +127,29 @@ def train_loop_per_worker(payload: dict) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(train.cpus_per_worker)))
 
-    torch.manual_seed(train.seed)  # identical initial weights on every rank
-    model = GPT(config.model).to(device)
-    flops_per_token = model.flops_per_token(seq_len)
     checkpoint = _resume_point(run_dir, warn=console)
-    if checkpoint is None and payload["init_checkpoint"]:
-        _load_initial_weights(model, payload["init_checkpoint"])
+    init = payload["init"] if checkpoint is None else None
+    # Sharded workers read only their rows of a Hugging Face folder: the model is built without
+    # memory, sharded, then given its storage (a model larger than one worker's memory loads).
+    sharded_read = init is not None and init.hf and train.strategy == "fsdp"
+    torch.manual_seed(train.seed)  # identical initial weights on every rank
+    with torch.device("meta") if sharded_read else contextlib.nullcontext():
+        model = GPT(config.model)
+    model = model if sharded_read else model.to(device)
+    flops_per_token = model.flops_per_token(seq_len)
+    bytes_read = load_source_weights(model, init) if init is not None and not sharded_read else 0
     if config.finetune.method == "lora":
         apply_lora(model, config.finetune.lora)
     model = parallelize(model, train.strategy, device, compile=train.compile,
                         activation_checkpointing=train.activation_checkpointing)
+    if sharded_read:
+        model.to_empty(device=device)
+        with torch.no_grad():
+            unwrap(model).init_weights()  # the RoPE tables; the weights come next
+            reset_lora(model)
+        bytes_read = load_source_weights(model, init)
+    if init is not None:
+        _record_start(run_dir, init, bytes_read, rank, world)
     groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
               for group in unwrap(model).param_groups(train.weight_decay)]
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), fused=device.type == "cuda")
@@ -245,11 +261,15 @@ def _resume_point(run_dir: str, warn) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(path=inner, filesystem=fs)
 
 
-def _load_initial_weights(model: torch.nn.Module, checkpoint: str) -> None:
-    """Fine-tuning's start: the weights of another run's checkpoint (not its optimizer or step)."""
-    fs, inner = storage.filesystem(checkpoint)
-    with ray.train.Checkpoint(path=inner, filesystem=fs).as_directory() as directory:
-        load_weights(directory, model)
+def _record_start(run_dir: str, init: ModelSource, bytes_read: int, rank: int, world: int) -> None:
+    """<run>/start.json: the weights the run started from and the bytes each worker read of them
+    (FSDP workers reading a Hugging Face folder read their own shards' rows only)."""
+    per_worker = [None] * world
+    dist.all_gather_object(per_worker, bytes_read)
+    if rank == 0:
+        storage.write_bytes(storage.join(run_dir, START), json.dumps(
+            {"folder": init.folder, "checkpoint": init.checkpoint, "hugging_face": init.hf,
+             "bytes_read_per_worker": per_worker}, indent=2).encode())
 
 
 def _step_metrics(state, loss, grad_norm, lr, tokens_per_step, step_seconds, flops_per_token, peak, world) -> dict:

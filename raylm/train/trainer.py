@@ -25,9 +25,10 @@ from ray.train.torch import TorchTrainer
 from raylm import runtime, storage
 from raylm.config import Config, dump_config
 from raylm.data.pack import as_model_rows
+from raylm.data.tokenizer import TOKENIZER, TokenizerFiles
 from raylm.errors import RaylmError
 from raylm.data.instructions import InstructionSet
-from raylm.train.checkpoint import latest_complete, saved_state
+from raylm.train.checkpoint import ModelSource, latest_complete, model_source, saved_state
 from raylm.train import schedule
 from raylm.train.loop import step_plan, train_loop_per_worker
 
@@ -51,13 +52,13 @@ class TrainingJob:
 
     config: Config
     run_dir: str
-    tokenizer_json: str
+    tokenizer: TokenizerFiles
     seq_len: int
     data: str | None = None
     manifest: dict | None = None
     rows_per_window: int = 1  # model rows per prepared window (seq_len = rows_per_window x the model's context)
     instructions: InstructionSet | None = None
-    init_checkpoint: str | None = None
+    init: ModelSource | None = None  # the weights to start from (not resuming)
     eval_at_start: bool = False
     command: str = "pretrain"  # what the driver's log lines start with
     console_prefix: str = ""  # what the workers' console lines start with (a Tune trial's name)
@@ -108,12 +109,24 @@ def run_folder(config: Config) -> str:
     return storage.join(storage.absolute(config.train.storage), config.train.name)
 
 
+def check_tokenizer(manifest: dict, source: ModelSource, data: str, key: str) -> None:
+    """Data prepared with the tokenizer of the model it trains."""
+    if manifest["tokenizer"]["sha256"] != source.tokenizer.sha256:
+        raise RaylmError(f"train.data {data} was prepared with another tokenizer than {key}'s; prepare it again with "
+                         f"data.tokenizer.path={storage.join(source.folder, TOKENIZER)}")
+
+
 def plan_pretrain(config: Config) -> TrainingJob:
     data = storage.absolute(config.train.data)
     manifest = read_manifest(data)
+    init = None
+    if config.train.init:  # continued pretraining: the model is the one the weights are for
+        init = model_source(config.train.init, "train.init")
+        check_tokenizer(manifest, init, config.train.data, "train.init")
+        config = config.model_copy(update={"model": init.config.model})
     config, rows = resolve(config, manifest)
-    job = TrainingJob(config, run_folder(config), storage.read_bytes(storage.join(data, "tokenizer.json")).decode(),
-                      config.data.seq_len, data=data, manifest=manifest, rows_per_window=rows)
+    job = TrainingJob(config, run_folder(config), TokenizerFiles.read(data), config.data.seq_len, data=data,
+                      manifest=manifest, rows_per_window=rows, init=init)
     storage.check_writable(job.run_dir)
     return job
 
@@ -149,13 +162,17 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
 
     with torch.device("meta"):
         model = GPT(config.model)
-    log(f"{job.command}: {config.model.preset} model, {model.num_params() / 1e6:.2f}M parameters, "
+    if job.init and job.init.hf:
+        what = f"{config.model.architecture} model from {job.init.folder}"
+    else:
+        what = f"{config.model.preset or 'custom'} model"
+    log(f"{job.command}: {what}, {model.num_params() / 1e6:.2f}M parameters, "
         f"{model.flops_per_token(job.seq_len) / 1e6:.1f} MFLOPs per token; run folder {run_dir}")
     note = schedule.describe(train, step_plan(train, job.seq_len, train.workers)[2])
     if note:
         log(f"{job.command}: {note}")
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
-    storage.write_bytes(storage.join(run_dir, "tokenizer.json"), job.tokenizer_json.encode())
+    job.tokenizer.write(run_dir)
 
     resume = latest_complete(run_dir, warn=log)
     if resume:
@@ -181,7 +198,7 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
             "has_val": "val" in splits,
             "in_memory": in_memory,
             "val_tokens_per_byte": val_tokens_per_byte,
-            "init_checkpoint": job.init_checkpoint,
+            "init": job.init,
             "eval_at_start": job.eval_at_start,
             "console_prefix": job.console_prefix,
         },
