@@ -1,13 +1,15 @@
 """Tiny random Hugging Face model folders built and saved by transformers itself (no downloads):
-models of the Llama, Mistral and Qwen2 families, and tokenizers in two styles — a Llama/Mistral
-one that puts `<s>` before every text and ends with `</s>`, with a chat template, and a Qwen2 one
-that adds nothing and ends with `<|endoftext|>`."""
+models of the Llama, Mistral and Qwen2 families, and tokenizers in three styles — "llama", which
+puts `<s>` before every text and ends with `</s>` (Zephyr's chat template); "chatml", which adds
+nothing and ends with `<|im_end|>` (SmolLM2-Instruct's ChatML template); "qwen2", a base model's,
+which adds nothing and ends with `<|endoftext|>`. And transformers' side of the comparisons."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -27,8 +29,10 @@ FAMILIES = {
                                                               tie_word_embeddings=True)),
 }
 # Zephyr's layout: each turn a role tag, its text and </s>; the generation prompt opens the assistant's.
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n"
-                 "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+ZEPHYR_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n"
+                   "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+CHATML_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def hf_model(family: str, folder: Path, vocab_size: int = VOCAB, **fields):
@@ -49,6 +53,7 @@ def hf_model(family: str, folder: Path, vocab_size: int = VOCAB, **fields):
 def hf_tokenizer(folder: Path, text: str, style: str, vocab_size: int = VOCAB):
     """A byte-level BPE trained on `text`, saved by transformers as a model folder's tokenizer files."""
     specials = ["<s>", "</s>", "<|user|>", "<|assistant|>"] if style == "llama" else ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    eos = {"llama": "</s>", "chatml": "<|im_end|>", "qwen2": "<|endoftext|>"}[style]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -57,9 +62,32 @@ def hf_tokenizer(folder: Path, text: str, style: str, vocab_size: int = VOCAB):
         show_progress=False))
     if style == "llama":
         tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
-        fast.chat_template = CHAT_TEMPLATE
-    else:
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos,
+                                                **({"bos_token": "<s>"} if style == "llama" else {}))
+    fast.chat_template = {"llama": ZEPHYR_TEMPLATE, "chatml": CHATML_TEMPLATE}.get(style)
     fast.save_pretrained(folder)
     return transformers.AutoTokenizer.from_pretrained(folder)
+
+
+def transformers_loss(folder: Path, path: Path, seq_len: int) -> tuple[float, int]:
+    """Mean next-token loss of the folder's model on its own tokenizer's tokens of the file, an
+    end-of-text after them, in windows of seq_len + 1 (every token but the first predicted once),
+    and the number of tokens predicted."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = tokenizer(path.read_text())["input_ids"] + [tokenizer.eos_token_id]
+    nats, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids) - 1, seq_len):
+            window = torch.tensor(ids[start : start + seq_len + 1])
+            nats += F.cross_entropy(model(window[None, :-1]).logits[0], window[1:], reduction="sum").item()
+            count += len(window) - 1
+    return nats / count, count
+
+
+def transformers_greedy(folder: Path, prompt: str, tokens: int) -> str:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = tokenizer(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -100,9 +100,22 @@ def test_a_tied_run_exports_to_s3_with_its_matrix_once(s3_server, text, tmp_path
         assert "lm_head.weight" not in weights.keys()
 
 
+def test_a_run_of_a_mistral_model_exports_as_mistral(text, tmp_path):
+    run = make_run(tmp_path / "runs" / "mistral", text, "model.architecture=mistral", "model.n_head=4", "model.n_kv_head=2",
+                   steps=2)
+    export(str(run), str(tmp_path / "hf"), dtype="float32", log=lambda _: None)
+    theirs, _ = loaded(tmp_path / "hf")
+    ours = load_model(str(run))[0]
+    assert type(theirs).__name__ == "MistralForCausalLM" and theirs.config.sliding_window is None
+    ids = torch.arange(60)[None] % ours.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids).logits, ours(ids)[0], atol=2e-5, rtol=1e-4)
+
+
 def test_what_hugging_face_cannot_express_is_refused_with_the_key(text, tmp_path):
-    for override, key in [("model.positions=learned", "model.positions=learned"), ("model.mlp=gelu", "model.mlp=gelu")]:
-        run = make_run(tmp_path / "runs" / key.split("=")[1], text, override, steps=1)
+    for override, key in [("model.positions=learned", "model.positions=learned"), ("model.mlp=gelu", "model.mlp=gelu"),
+                          ("model.qkv_bias=true model.architecture=llama", "model.qkv_bias=True with model.architecture=llama")]:
+        run = make_run(tmp_path / "runs" / override.split("=")[0], text, *override.split(), steps=1)
         with pytest.raises(RaylmError, match=key):
             export(str(run), str(tmp_path / "out"), log=lambda _: None)
         assert not (tmp_path / "out").exists()

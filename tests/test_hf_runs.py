@@ -1,8 +1,9 @@
 """Hugging Face folders wherever raylm takes a model: evaluate and generate read one as
 transformers does (its BOS before a text, its end-of-text token), from local disk or S3; prepare
-tokenizes with its tokenizer; a chat template renders instruction pairs; and fine-tuning on real Ray
-Train — LoRA under DDP, full under FSDP2 with each worker reading only its shards — exports back to
-the family it came from, which transformers loads and scores as raylm does. Two fits in all."""
+tokenizes with its tokenizer; a chat template renders instruction pairs; and a full fine-tune on
+real Ray Train under FSDP2, each worker reading only its shards, exports back to the family it came
+from, which transformers loads and scores as raylm does (one fit). The LoRA chat fine-tune of a
+folder runs as the README writes it, in tests/test_readme.py."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import transformers
 
 from conftest import shared_file
-from hf_kit import hf_model, hf_tokenizer
+from hf_kit import hf_model, hf_tokenizer, transformers_greedy, transformers_loss
 from raylm.config import ModelConfig, load_config
 from raylm.data.instructions import encode_pairs
 from raylm.data.tokenizer import TokenizerFiles
@@ -62,30 +62,6 @@ def qwen2(tmp_path_factory, text) -> Path:
     hf_tokenizer(folder, text, "qwen2")
     hf_model("qwen2-qkv-bias", folder, eos_token_id=0)
     return folder
-
-
-def transformers_loss(folder: Path, path: Path, seq_len: int) -> tuple[float, int]:
-    """Mean next-token loss of the folder's model on its own tokenizer's tokens of the file, an
-    end-of-text after them, in windows of seq_len + 1 (every token but the first predicted once),
-    and the number of tokens predicted."""
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = tokenizer(path.read_text())["input_ids"] + [tokenizer.eos_token_id]
-    nats, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(ids) - 1, seq_len):
-            window = torch.tensor(ids[start : start + seq_len + 1])
-            nats += F.cross_entropy(model(window[None, :-1]).logits[0], window[1:], reduction="sum").item()
-            count += len(window) - 1
-    return nats / count, count
-
-
-def transformers_greedy(folder: Path, prompt: str, tokens: int) -> str:
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = tokenizer(prompt, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 def test_a_folder_is_scored_and_continued_as_transformers_does(mistral, heldout):
@@ -180,26 +156,3 @@ def test_full_fsdp_finetune_reads_each_workers_shards_and_exports_qwen2(ray_sess
     loss, count = transformers_loss(exported, heldout, 32)
     scored = evaluate(str(run), [str(heldout)])
     assert scored["tokens"] == count and scored["loss"] == pytest.approx(loss, rel=1e-5)
-
-
-@pytest.mark.timeout(300)
-def test_lora_chat_finetune_of_a_mistral_folder_exports_a_mistral(ray_session, mistral, text, heldout, tmp_path):
-    from raylm.finetune.finetune import finetune
-
-    lines = [line for line in text[:40_000].splitlines() if line.strip()]
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"prompt": a, "response": b}) + "\n" for a, b in zip(lines[::2], lines[1::2])))
-    config = load_config(None, [f"finetune.init={mistral}", f"finetune.instructions={pairs}", "finetune.method=lora",
-                                "finetune.format=chat", "data.seq_len=48", f"train.storage={tmp_path / 'runs'}", *STEPS])
-    assert finetune(config, log=lambda _: None).error is None
-    run = tmp_path / "runs" / "finetune"
-    assert json.loads((run / "start.json").read_text())["hugging_face"]
-
-    exported = Path(export(str(run), str(tmp_path / "hf"), dtype="float32", log=lambda _: None))
-    assert json.loads((exported / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
-    assert (exported / "chat_template.jinja").read_text() == (mistral / "chat_template.jinja").read_text()
-    loss, count = transformers_loss(exported, heldout, 48)
-    scored = evaluate(str(run), [str(heldout)])
-    assert scored["tokens"] == count and scored["loss"] == pytest.approx(loss, rel=1e-5)
-    model, source = load_model(str(run))
-    assert generate(model, source.tokenizer, PROMPT, max_new_tokens=12, temperature=0) == transformers_greedy(exported, PROMPT, 12)

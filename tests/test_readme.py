@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIRST_PREPARE, articles, shared_file
+from hf_kit import hf_model, hf_tokenizer, transformers_greedy, transformers_loss
 from raylm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 11
+    assert len(COMMANDS) == 13
     assert "make demo\nmake test" in README
     assert COMMANDS[0] == "raylm " + " ".join(FIRST_PREPARE)  # run by the default_prepared fixture
 
@@ -138,11 +139,11 @@ def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeyp
     printed = run("raylm generate")
     assert len(printed[printed.index("ROMEO:"):].strip()) > len("ROMEO:") + 20  # the prompt, then its continuation
 
-    run("raylm export")  # transformers loading exports: tests/test_export.py
+    run("raylm export runs/pretrain")  # transformers loading exports: tests/test_export.py
     exported = json.loads((tmp_path / "runs" / "pretrain-hf" / "config.json").read_text())
     assert exported["architectures"] == ["LlamaForCausalLM"] and exported["torch_dtype"] == "bfloat16"
 
-    run("raylm finetune")
+    run("raylm finetune finetune.init=runs/pretrain")
     before_after = json.loads((tmp_path / "runs" / "finetune" / "finetune.json").read_text())
     assert before_after["after"]["loss"] < before_after["before"]["loss"]
     assert (tmp_path / "runs" / "finetune" / "merged" / "config.yaml").exists()
@@ -150,3 +151,38 @@ def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeyp
     run("raylm report")
     html = (tmp_path / "runs" / "finetune" / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "before" in html
+
+
+@pytest.mark.timeout(300)
+def test_hugging_face_commands(tmp_path, ray_session, monkeypatch, capsys):
+    """The LoRA chat fine-tune of a Hugging Face folder and its export, as written, on a tiny random
+    Llama laid out as `SmolLM2-135M-Instruct/` (ChatML template, `<|im_end|>` its end of text) and
+    the `qa.jsonl` pairs; transformers loads the export and scores and continues text as raylm does."""
+    from raylm.eval.evaluate import evaluate
+
+    play = shared_file("tinyshakespeare.txt").read_text()
+    folder = tmp_path / "SmolLM2-135M-Instruct"
+    hf_tokenizer(folder, play[:60_000], "chatml")
+    hf_model("llama-gqa-untied", folder, max_position_embeddings=128, eos_token_id=2)
+    lines = [line for line in play[:40_000].splitlines() if line.strip()]
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps({"prompt": a, "response": b}) + "\n" for a, b in zip(lines[::2], lines[1::2])))
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text(play[50_000:52_000])
+
+    for start in ("raylm finetune finetune.init=SmolLM2", "raylm export runs/smollm2-qa"):
+        run_in_process(next(c for c in COMMANDS if c.startswith(start)), tmp_path, monkeypatch, capsys)
+    run, exported = tmp_path / "runs" / "smollm2-qa", tmp_path / "smollm2-qa-hf"
+    assert json.loads((run / "finetune.json").read_text())["after"]["loss"] < json.loads((run / "finetune.json").read_text())["before"]["loss"]
+    config = json.loads((exported / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["torch_dtype"] == "bfloat16"
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        assert (exported / name).read_bytes() == (folder / name).read_bytes()  # the folder's own, unchanged
+    loss, count = transformers_loss(exported, heldout, 128)
+    ours = evaluate(str(exported), [str(heldout)])  # raylm reads the bf16 export, as transformers does
+    assert ours["tokens"] == count and ours["loss"] == pytest.approx(loss, rel=1e-5)
+    assert evaluate(str(run), [str(heldout)])["loss"] == pytest.approx(loss, rel=2e-2)  # the run itself, fp32
+    from raylm.eval.generate import generate
+    from raylm.train.checkpoint import load_model
+
+    model, source = load_model(str(exported))
+    assert generate(model, source.tokenizer, "ROMEO:\n", max_new_tokens=12, temperature=0) == transformers_greedy(exported, "ROMEO:\n", 12)
