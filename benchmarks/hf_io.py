@@ -6,15 +6,17 @@
 2. `raylm export RUN --dtype bfloat16` as a user runs it, in a fresh process;
 3. the import: a fresh process reads that folder into raylm's GPT (`read_config`, `load_into`: one
    tensor at a time into the model's own parameters), as fine-tuning from an open model does on one worker;
-4. for reference, a fresh process that only imports torch and builds the model (its own RSS).
-Peak RSS is each child's ru_maxrss (the kernel's high-water mark), so no sampling misses a spike;
-it counts the pages of a memory-mapped safetensors file as they are read, so the import also
-prints its private (anonymous) memory at the end, which never falls during a load.
+4. for reference, a fresh process that only imports torch and builds the model (its own RSS);
+5. the sharded import: 2 gloo processes build the model as a `train.strategy=fsdp` worker does
+   (`raylm.train.loop.build_model`: meta device, FSDP2, then each reads its own shards' rows);
+   each one's peak RSS over its RSS just before, against the fp32 model's size.
+Peak RSS is each child's ru_maxrss (the kernel's high-water mark), so no sampling misses a spike.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -76,6 +78,37 @@ print(int(status.split("RssAnon:")[1].split()[0]) // 1024)
 """
 
 
+SHARDED_IMPORT = """
+import json, sys, torch, torch.distributed as dist
+from raylm.train.checkpoint import model_source
+from raylm.train.loop import build_model
+dist.init_process_group("gloo")
+torch.set_num_threads(1)
+source = model_source(sys.argv[1], "folder")
+config = source.config.model_copy(update={"train": source.config.train.model_copy(update={"strategy": "fsdp"})})
+before = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+model, read = build_model(config, torch.device("cpu"), source)
+print(json.dumps({"before": before, "read": read}))
+dist.destroy_process_group()
+"""
+
+
+def sharded_import(folder: Path, world: int = 2) -> list[dict]:
+    """Each rank's RSS before building, peak RSS and bytes read, loading `folder` as FSDP workers."""
+    environment = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29541", "WORLD_SIZE": str(world)}
+    ranks = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(SHARDED_IMPORT), str(folder)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True, env={**environment, "RANK": str(rank)})
+             for rank in range(world)]
+    results = []
+    for process in ranks:
+        out = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        if status:
+            raise SystemExit(f"rank failed with status {status}")
+        results.append({**json.loads(out.strip().splitlines()[-1]), "peak": usage.ru_maxrss / 1024})
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="gpt2-350m")
@@ -88,6 +121,9 @@ def main() -> None:
         exported, export_rss, _ = child(EXPORT, str(run), str(folder))
         weights = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
         imported, import_rss, anonymous = child(IMPORT, str(folder))
+        started = time.perf_counter()
+        ranks = sharded_import(folder)
+        sharded = time.perf_counter() - started
     print(f"{args.preset}, vocabulary {args.vocab}: bf16 safetensors {weights:.0f} MB "
           f"(fp32 model in memory {2 * weights:.0f} MB)")
     print(f"process that only builds the fp32 model: peak RSS {built:.0f} MB")
@@ -95,6 +131,11 @@ def main() -> None:
           f"({export_rss - built:+.0f} MB over building the model)")
     print(f"import into raylm's GPT:       {imported:6.1f} s, peak RSS {import_rss:.0f} MB "
           f"({import_rss - built:+.0f} MB over building the model; private memory at the end {anonymous.strip()} MB)")
+    print(f"sharded import, {len(ranks)} FSDP workers: {sharded:6.1f} s")
+    for rank, r in enumerate(ranks):
+        grew = r["peak"] - r["before"]
+        print(f"  rank {rank}: read {r['read'] / 1e6:.0f} MB of {weights:.0f}; peak RSS {r['peak']:.0f} MB, "
+              f"{grew:+.0f} MB over its {r['before']:.0f} MB before = {grew / (2 * weights):.2f} x the fp32 model")
 
 
 if __name__ == "__main__":

@@ -129,25 +129,8 @@ def train_loop_per_worker(payload: dict) -> None:
 
     checkpoint = _resume_point(run_dir, warn=console)
     init = payload["init"] if checkpoint is None else None
-    # Sharded workers read only their rows of a Hugging Face folder: the model is built without
-    # memory, sharded, then given its storage (a model larger than one worker's memory loads).
-    sharded_read = init is not None and init.hf and train.strategy == "fsdp"
-    torch.manual_seed(train.seed)  # identical initial weights on every rank
-    with torch.device("meta") if sharded_read else contextlib.nullcontext():
-        model = GPT(config.model)
-    model = model if sharded_read else model.to(device)
-    flops_per_token = model.flops_per_token(seq_len)
-    bytes_read = load_source_weights(model, init) if init is not None and not sharded_read else 0
-    if config.finetune.method == "lora":
-        apply_lora(model, config.finetune.lora)
-    model = parallelize(model, train.strategy, device, compile=train.compile,
-                        activation_checkpointing=train.activation_checkpointing)
-    if sharded_read:
-        model.to_empty(device=device)
-        with torch.no_grad():
-            unwrap(model).init_weights()  # the RoPE tables; the weights come next
-            reset_lora(model)
-        bytes_read = load_source_weights(model, init)
+    model, bytes_read = build_model(config, device, init)
+    flops_per_token = unwrap(model).flops_per_token(seq_len)
     if init is not None:
         _record_start(run_dir, init, bytes_read, rank, world)
     groups = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
@@ -238,6 +221,31 @@ def train_loop_per_worker(payload: dict) -> None:
         log.close()
 
 
+def build_model(config: Config, device: torch.device, init: ModelSource | None = None) -> tuple[torch.nn.Module, int | None]:
+    """The worker's model, parallelized, with its starting weights: seeded random ones, or `init`'s
+    (and the bytes read of a Hugging Face folder). With FSDP from a Hugging Face folder the model
+    is built on the meta device, sharded, given memory for its own shards only and filled with
+    their rows: a model larger than one worker's memory loads."""
+    train = config.train
+    sharded_read = init is not None and init.hf and train.strategy == "fsdp"
+    torch.manual_seed(train.seed)  # identical initial weights on every rank
+    with torch.device("meta") if sharded_read else contextlib.nullcontext():
+        model = GPT(config.model)
+    model = model if sharded_read else model.to(device)
+    bytes_read = load_source_weights(model, init) if init is not None and not sharded_read else None
+    if config.finetune.method == "lora":
+        apply_lora(model, config.finetune.lora)
+    model = parallelize(model, train.strategy, device, compile=train.compile,
+                        activation_checkpointing=train.activation_checkpointing)
+    if sharded_read:
+        model.to_empty(device=device)
+        with torch.no_grad():
+            unwrap(model).init_weights()  # the RoPE tables (the weights come next)
+            reset_lora(model)
+        bytes_read = load_source_weights(model, init)
+    return model, bytes_read
+
+
 def _mean_step_seconds(started: float, steps: int, device) -> float:
     """Mean step time since the last logged step. On a GPU the clock waits for the device first:
     kernels run asynchronously, so one step's launch time says little about its cost."""
@@ -261,7 +269,7 @@ def _resume_point(run_dir: str, warn) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(path=inner, filesystem=fs)
 
 
-def _record_start(run_dir: str, init: ModelSource, bytes_read: int, rank: int, world: int) -> None:
+def _record_start(run_dir: str, init: ModelSource, bytes_read: int | None, rank: int, world: int) -> None:
     """<run>/start.json: the weights the run started from and the bytes each worker read of them
     (FSDP workers reading a Hugging Face folder read their own shards' rows only)."""
     per_worker = [None] * world
