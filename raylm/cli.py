@@ -147,9 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     _config_command(
         commands, "finetune",
         help="Continue training a pretrained run on new data: full or LoRA, text or instruction pairs.",
-        description="Start from the latest checkpoint of the run folder finetune.init (its model and tokenizer) and "
+        description="Start from the latest checkpoint of the run folder finetune.init, or from a Hugging Face model "
+        "folder (Llama, Mistral, Qwen2; its model and tokenizer either way), and "
         "train on train.data (a folder prepared with data.tokenizer.path=<init>/tokenizer.json) or on the "
-        "prompt/response JSONL files finetune.instructions (loss on responses only), with the same Ray Train "
+        "prompt/response JSONL files finetune.instructions (loss on responses only; finetune.format=chat renders "
+        "them with the folder's chat template), with the same Ray Train "
         "path as pretrain. Validates before and after (<run>/finetune.json); a LoRA run also saves the merged "
         "model as <run>/merged/. The run is <train.storage>/<train.name> (default name: finetune).",
         sections=("finetune", "train", "data", "s3"), entry="raylm.finetune.finetune:finetune")
@@ -165,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = _command(
         commands, "evaluate", _run_evaluate,
         help="Held-out loss, perplexity and bits per byte of a run's latest checkpoint.",
-        description="Score the latest checkpoint of a run folder on a prepared dataset (its test split, else val) "
-        "or on text files (tokenized with the run's tokenizer). Default: the run's own training data. Also "
+        description="Score the latest checkpoint of a run folder, or a Hugging Face model folder, on a prepared "
+        "dataset (its test split, else val) or on text files (tokenized with the model's tokenizer). Default: the "
+        "run's own training data. Also "
         "reports a unigram baseline (the entropy of the scored tokens' frequencies): what a model that "
         "learned nothing beyond token frequencies would score.",
     )
-    evaluate.add_argument("--checkpoint", required=True, metavar="RUN", help="Run folder (<train.storage>/<train.name>).")
+    evaluate.add_argument("--checkpoint", required=True, metavar="RUN",
+                          help="Run folder (<train.storage>/<train.name>) or Hugging Face model folder, local or s3://.")
     evaluate.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
     evaluate.add_argument("--workers", type=int, metavar="N",
                           help="Score on Ray with N workers (default: in this process, or one worker per CPU "
@@ -197,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = _command(
         commands, "export", _run_export,
         help="A run's latest checkpoint as a Hugging Face model folder (transformers, vLLM, lm-eval, the Hub).",
-        description="Write config.json (LlamaForCausalLM, or Qwen2ForCausalLM with qkv biases), safetensors weights "
-        "(LoRA merged; sharded above --max-shard-size), the run's tokenizer with its tokenizer_config.json, "
+        description="Write config.json (the family the run started from; else LlamaForCausalLM, or Qwen2ForCausalLM "
+        "with qkv biases), safetensors weights (LoRA merged; sharded above --max-shard-size), the run's tokenizer "
+        "files, "
         "generation_config.json and a model card. Runs with learned positions or GELU blocks are refused.",
     )
     export.add_argument("run_dir", metavar="RUN", help="Run folder (<train.storage>/<train.name>), local or s3://.")
@@ -212,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "generate", _run_generate,
         help="Sample text from a run's latest checkpoint.",
         description="Print the prompt and stream its continuation, sampled from the latest checkpoint of a run "
-        "folder until --max-new-tokens or <|endoftext|>. An empty prompt starts a new document.",
+        "folder, or a Hugging Face model folder, until --max-new-tokens or the tokenizer's end-of-text token. An "
+        "empty prompt starts a new document.",
     )
-    generate.add_argument("--checkpoint", required=True, metavar="RUN", help="Run folder (<train.storage>/<train.name>).")
+    generate.add_argument("--checkpoint", required=True, metavar="RUN",
+                          help="Run folder (<train.storage>/<train.name>) or Hugging Face model folder, local or s3://.")
     generate.add_argument("--prompt", default="", metavar="TEXT", help="Text to continue (default: none).")
     generate.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="Tokens to generate at most (default: 200).")
     generate.add_argument("--temperature", type=float, default=0.8, metavar="T",

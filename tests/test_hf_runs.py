@@ -119,6 +119,8 @@ def test_a_folder_without_what_raylm_needs_is_refused_in_one_line(mistral, heldo
     out = subprocess.run([sys.executable, "-m", "raylm", "evaluate", "--checkpoint", str(broken), str(heldout)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "has no tokenizer.json" in out.stderr
+    with pytest.raises(RaylmError, match="is a Hugging Face model folder already"):
+        export(str(mistral), str(tmp_path / "out"), log=lambda _: None)
 
 
 @pytest.mark.timeout(300)

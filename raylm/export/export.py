@@ -50,7 +50,9 @@ def export(run_dir: str, output: str | None = None, dtype: str = "bfloat16", max
         raise RaylmError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     shard_bytes = parse_size(max_shard_size)
     run_dir = storage.absolute(run_dir)
-    model, source = load_model(run_dir)
+    model, source = load_model(run_dir, key="export")
+    if source.hf:
+        raise RaylmError(f"export: {run_dir} is a Hugging Face model folder already; export takes a raylm run folder")
     config, tokenizer = source.config, source.tokenizer
     parameters = model.num_params(non_embedding=False)
     codec = tokenizer.load()
