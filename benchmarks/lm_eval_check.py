@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from benchmark_env import benchmark_env, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -48,22 +48,6 @@ metric_list:
 """
 
 
-def sh(*command: str, env: dict | None = None, cwd: Path | None = None) -> str:
-    print("$", " ".join(command), flush=True)
-    result = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
-    if result.returncode:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
-    return result.stdout
-
-
-def lm_eval_env(venv: Path) -> Path:
-    """The benchmark environment's lm_eval, made on first use (pip keeps what is there already)."""
-    if not (venv / "bin" / "python").exists():
-        sh(sys.executable, "-m", "venv", str(venv))
-    sh(str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *LM_EVAL)
-    return venv / "bin" / "lm_eval"
-
-
 def documents(text: str, size: int = 8000) -> list[str]:
     """The text cut at blank lines into documents of about `size` characters."""
     docs, current = [], ""
@@ -80,7 +64,7 @@ def main() -> None:
     parser.add_argument("--venv", default="/tmp/raylm-lm-eval", type=Path)
     parser.add_argument("--steps", default=300, type=int)
     args = parser.parse_args()
-    lm_eval = lm_eval_env(args.venv)
+    lm_eval = benchmark_env(args.venv, LM_EVAL).parent / "lm_eval"
     raylm = [sys.executable, "-m", "raylm"]
     text = CORPUS.read_text()
     cut = text.index("\n\n", int(len(text) * 0.9)) + 2
