@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 
-def sh(*command: str, env: dict | None = None, cwd: Path | None = None, stdin: str | None = None) -> str:
-    """A command's stdout; its stderr's end and the command on failure."""
-    print("$", " ".join(command), flush=True)
-    result = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                            input=stdin)
+def sh(*command: str, env: dict | None = None, cwd: Path | None = None, echo: bool = True) -> str:
+    """A command's stdout; on failure, the end of its stderr (and the command, when echoed)."""
+    if echo:
+        print("$", " ".join(command), flush=True)
+    result = subprocess.run(command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     if result.returncode:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-3000:]}")
+        raise SystemExit(f"failed ({result.returncode}): {' '.join(command) if echo else command[0]}\n"
+                         f"{result.stderr[-3000:]}")
     return result.stdout
 
 

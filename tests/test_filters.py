@@ -7,9 +7,11 @@ import itertools
 import re
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from raylm.config import CodeRules, FiltersConfig, WebRules
+from raylm.config import CleanConfig, CodeRules, FiltersConfig, WebRules
+from raylm.data.clean import clean_texts
 from raylm.data.filters import FilterResult, apply_quality_filters
 
 WIKITEXT_VALID = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext2-valid.txt"
@@ -62,15 +64,21 @@ PROSE_WITH_URLS = [PROSE_LINES[0], URL, PROSE_LINES[1], URL, PROSE_LINES[2], URL
 
 
 def sentences(count: int, phrase: str = "", times: int = 0) -> list[str]:
-    """`count` sentences 'The xxxxxx yyyyyy.' (3 words, 16 characters of words) of unique made-up
-    words, which pass every web rule once there are enough of them; the first `times` of them carry
-    `phrase` between their two made-up words."""
+    """`count` sentences 'The xxxxxx yyyyyy of zzzzzz.' (5 words, 28 characters; two different stop
+    words) of unique made-up words, which pass every web rule once there are enough of them; the
+    first `times` of them carry `phrase` between their first two made-up words, so that no n-gram
+    around it repeats."""
     lines = []
     for i in range(count):
-        first, second = MADE_UP_WORDS[2 * i], MADE_UP_WORDS[2 * i + 1]
+        first, second, third = MADE_UP_WORDS[3 * i : 3 * i + 3]
         middle = f" {phrase}" if i < times else ""
-        lines.append(f"The {first}{middle} {second}.")
+        lines.append(f"The {first}{middle} {second} of {third}.")
     return lines
+
+
+# 31 words, three different stop words (the, with, and), five sentences.
+SHORT = ("The museum opens at nine.\nTickets cost ten euros.\nChildren enter for free with an adult.\n"
+         "Guided tours start every hour.\nThe cafe closes at five and the shop at six.")
 
 
 def web(**rules) -> FiltersConfig:
@@ -83,6 +91,14 @@ def code(**rules) -> FiltersConfig:
 
 DEFAULT_TOP = WebRules().max_top_ngram_chars_fraction
 DEFAULT_DUPLICATE = WebRules().max_duplicate_ngram_chars_fraction
+# Every web rule off but the duplicate n-grams, or but the duplicate lines (for documents the others would judge).
+OFF_EXCEPT_LINES = dict(min_words=0, min_mean_word_length=0, max_mean_word_length=100, min_stop_words=0,
+                        min_alpha_words_fraction=0, max_top_ngram_chars_fraction={}, max_duplicate_ngram_chars_fraction={},
+                        max_duplicate_line_chars_fraction=1, c4_line_rules=False, c4_min_sentences=0,
+                        c4_drop_curly_bracket=False)
+OFF_EXCEPT_DUPLICATE = dict(min_words=0, min_mean_word_length=0, min_stop_words=0, max_top_ngram_chars_fraction={},
+                            max_duplicate_lines_fraction=1, max_duplicate_line_chars_fraction=1, c4_line_rules=False,
+                            c4_min_sentences=0)
 
 
 # ------------------------------------------------------------------------------ clean documents
@@ -107,21 +123,18 @@ def test_real_python_file_passes_the_code_rules_unchanged():
 # document trips its rule under the first config and is kept under the second, which changes only
 # the thresholds named: so exactly those rules decide its fate.
 WEB_CASES = [
-    ("web_too_few_words",
-     "The museum opens at nine.\nTickets cost ten euros.\nChildren enter for free.\n"
-     "Guided tours start every hour.\nThe cafe closes at five.",
-     {}, {"min_words": 20}),
+    ("web_too_few_words", SHORT, {}, {"min_words": 20}),
     ("web_too_many_words", PROSE, {"max_words": 100}, {"max_words": 200}),
-    ("web_mean_word_length",  # made-up words of 18 letters
-     "\n".join(f"The {''.join(MADE_UP_WORDS[i:i + 3])} {''.join(MADE_UP_WORDS[i + 3:i + 6])}."
+    ("web_mean_word_length",  # made-up words of 18 letters: (3 + 18 + 2 + 19) / 4 = 10.5 characters a word
+     "\n".join(f"The {''.join(MADE_UP_WORDS[i:i + 3])} of {''.join(MADE_UP_WORDS[i + 3:i + 6])}."
                for i in range(0, 120, 6)),
      {}, {"max_mean_word_length": 20}),
     ("web_mean_word_length", PROSE, {"min_mean_word_length": 6}, {"min_mean_word_length": 4}),
-    ("web_symbol_ratio",  # 12 hashtags on 72 words
+    ("web_hash_ratio",  # 12 hashtags on 112 words: 0.107 > 0.1
      "\n".join(sentences(20)) + "\n#ray #python #data #gpu #cloud #llm #train #infra #scale #ops #ai #ml",
      {}, {"max_symbol_to_word_ratio": 0.2}),
-    ("web_symbol_ratio",  # ellipses inside lines count as symbols too: 10 on 60 words
-     "\n".join(line.replace(" ", "… ", 1) if i % 2 else line for i, line in enumerate(sentences(20))),
+    ("web_ellipsis_ratio",  # ellipses inside lines count too: 20 on 100 words, 0.2 > 0.1
+     "\n".join(line.replace(" ", "… ", 1) for line in sentences(20)),
      {}, {"max_symbol_to_word_ratio": 0.2}),
     ("web_bullet_lines",
      "\n".join(f"{bullet} {line}" for bullet, line in zip("•-*–·‣", PROSE_LINES)),
@@ -130,12 +143,12 @@ WEB_CASES = [
      "\n".join(PROSE_LINES + ["Read the full story about lobster hatcheries...", "See how the larvae are raised...",
                               "Watch the video of a release in Cornwall…", "Find out what fishermen think..."]),
      {}, {"max_ellipsis_lines_fraction": 0.5}),
-    ("web_alpha_words",  # 20 numbers on 80 words
-     "\n".join(sentences(20)) + "\n" + " ".join(str(1990 + year) for year in range(20)),
+    ("web_alpha_words",  # 30 numbers on 130 words: 100 / 130 = 0.77 of the words have a letter, < 0.8
+     "\n".join(sentences(20)) + "\n" + " ".join(str(1990 + year) for year in range(30)),
      {}, {"min_alpha_words_fraction": 0.7}),
-    ("web_stop_words",
+    ("web_stop_words",  # 'of' 20 times, but one stop word: two different ones are needed
      "\n".join(line.replace("The ", "A ") for line in sentences(20)),
-     {}, {"min_stop_words": 0}),
+     {}, {"min_stop_words": 1}),
     ("web_duplicate_paragraphs",  # 2 of 6 paragraphs repeat; 2 of 9 lines
      "\n\n".join(f"{PROSE_LINES[i]}\n{PROSE_LINES[i + 1]}\n\nReply." for i in (0, 2, 4)),
      {}, {"max_duplicate_paragraphs_fraction": 0.5}),
@@ -148,14 +161,18 @@ WEB_CASES = [
     ("web_duplicate_line_chars",  # 3 of 10 lines repeat, with 26% of the characters
      "\n".join(PROSE_WITH_URLS),
      {}, {"max_duplicate_line_chars_fraction": 0.5}),
-    # 'Mississippi River' in 6 of 20 sentences: 2-gram 16 chars x 6 / 416 word chars = 0.23 > 0.2.
-    ("web_top_2gram", "\n".join(sentences(20, "Mississippi River", times=6)),
+    # The fraction is of the whole text, the n-gram's length with its spaces: 20 sentences are
+    # 29 x 20 - 1 = 579 characters, and each phrase adds its length and a space.
+    # 'Mississippi River' (17) in 9 of 20: 17 x 9 / (579 + 9 x 18) = 153 / 741 = 0.206 > 0.2.
+    ("web_top_2gram", "\n".join(sentences(20, "Mississippi River", times=9)),
      {}, {"max_top_ngram_chars_fraction": {**DEFAULT_TOP, 2: 0.5}}),
-    # 3-gram 16 x 4 / 320 = 0.200 > 0.18, its 2-gram 'the Mississippi' 14 x 4 / 320 = 0.175 <= 0.2.
-    ("web_top_3gram", "\n".join(sentences(16, "in the Mississippi", times=4)),
+    # 'in the Mississippi' (18) in 8 of 20: 18 x 8 / (579 + 8 x 19) = 144 / 731 = 0.197 > 0.18; its
+    # most frequent 2-gram, the first of two as frequent, 'in the' (6): 48 / 731 = 0.066 <= 0.2.
+    ("web_top_3gram", "\n".join(sentences(20, "in the Mississippi", times=8)),
      {}, {"max_top_ngram_chars_fraction": {**DEFAULT_TOP, 3: 0.5}}),
-    # 4-gram 19 x 4 / 412 = 0.184 > 0.16, its 3-gram 16 x 4 / 412 = 0.155 <= 0.18.
-    ("web_top_4gram", "\n".join(sentences(21, "out of the Mississippi", times=4)),
+    # 'out of the Mississippi' (22) in 6 of 20: 22 x 6 / (579 + 6 x 23) = 132 / 717 = 0.184 > 0.16;
+    # its 3-gram 'out of the' (10): 60 / 717 = 0.084 <= 0.18.
+    ("web_top_4gram", "\n".join(sentences(20, "out of the Mississippi", times=6)),
      {}, {"max_top_ngram_chars_fraction": {**DEFAULT_TOP, 4: 0.5}}),
 ]
 
@@ -167,25 +184,45 @@ def test_each_web_rule_drops_its_document(reason, text, trip, relax):
     assert apply_quality_filters(text, "text", web(**{**trip, **relax})).reason is None
 
 
-def repeated_phrase_document(n: int, coverage: float) -> str:
-    """Short sentences, two of which share an n-word phrase whose two occurrences cover `coverage`
-    of the word characters, to within half a sentence (8 of several hundred characters)."""
+def repeated_phrase_document(n: int, low: float, high: float) -> tuple[str, float]:
+    """Sentences, the first `times` of which end with one n-word phrase, such that the repeats of
+    the phrase after its first occurrence hold a fraction of the text in (low, high); and that
+    fraction, computed here: a repeat counts its words' characters (6 letters each) but not their
+    spaces; the text is 29 characters a sentence (less the last newline) plus a space and 6
+    letters for each phrase word in each of its sentences."""
     phrase = " ".join(PHRASE_WORDS[:n])
-    covered = 2 * len(phrase.replace(" ", ""))
-    count = round((covered / coverage - covered) / 16)
-    return "\n".join(sentences(count, phrase, times=2))
+    for times in (2, 3):
+        for count in range(10, 60):
+            fraction = (times - 1) * 6 * n / (29 * count - 1 + times * 7 * n)
+            if low < fraction < high:
+                return "\n".join(sentences(count, phrase, times=times)), fraction
+    raise AssertionError(f"no document for n={n}")
 
 
 @pytest.mark.parametrize("n", sorted(DEFAULT_DUPLICATE))
 def test_each_duplicate_ngram_rule_drops_its_document(n):
-    # Every k-gram inside the phrase repeats, so the coverage is the same for every k <= n and
-    # 0 above: half a step (0.005) over the n threshold trips n alone, as each k < n allows 0.01
-    # more. Counting the first occurrence too, and each overlapped word once, is what keeps the
-    # shorter rules under their thresholds here.
-    text = repeated_phrase_document(n, DEFAULT_DUPLICATE[n] + 0.005)
-    assert apply_quality_filters(text, "text", web()) == FilterResult(text, f"web_duplicate_{n}gram", 0)
+    # Every shorter k-gram of the phrase repeats too, over at most the same words (a repeat
+    # jumps k words, so k-grams cover the phrase's first n - n % k words): a fraction just over the
+    # n threshold is under each shorter rule's, 0.01 higher a step. Longer n-grams do not repeat.
+    # The phrase's shorter n-grams also make it the most frequent 4-gram and the document short:
+    # those rules are off, to see this one.
+    threshold = DEFAULT_DUPLICATE[n]
+    text, fraction = repeated_phrase_document(n, threshold, threshold + 0.01)
+    others = dict(max_top_ngram_chars_fraction={}, min_words=0, c4_min_sentences=0)
+    assert apply_quality_filters(text, "text", web(**others)) == FilterResult(text, f"web_duplicate_{n}gram", 0)
     relaxed = {**DEFAULT_DUPLICATE, n: 0.5}
-    assert apply_quality_filters(text, "text", web(max_duplicate_ngram_chars_fraction=relaxed)).reason is None
+    assert apply_quality_filters(text, "text", web(**others, max_duplicate_ngram_chars_fraction=relaxed)).reason is None
+
+
+def test_a_repeated_ngram_counts_after_its_first_occurrence_and_overlaps_once():
+    """datatrove's count, by hand: 'aa bb aa bb aa bb' has the 2-gram 'aa bb' three times and
+    'bb aa' twice; read from the start, 'aa bb' at 0 is new, 'bb aa' at 1 is new, 'aa bb' at 2
+    repeats (4 characters, jump to 4), 'aa bb' at 4 repeats (4 more): 8 of the text's 17."""
+    text = "aa bb aa bb aa bb"
+    tight = web(**OFF_EXCEPT_DUPLICATE, max_duplicate_ngram_chars_fraction={2: 8 / 17 - 0.001})
+    loose = web(**OFF_EXCEPT_DUPLICATE, max_duplicate_ngram_chars_fraction={2: 8 / 17 + 0.001})
+    assert apply_quality_filters(text, "text", tight).reason == "web_duplicate_2gram"
+    assert apply_quality_filters(text, "text", loose).reason is None
 
 
 def test_repetition_rules_come_before_quality_rules():
@@ -196,10 +233,8 @@ def test_repetition_rules_come_before_quality_rules():
 
 
 def test_thresholds_come_from_the_config():
-    short = "The museum opens at nine.\nTickets cost ten euros.\nChildren enter for free.\n" \
-            "Guided tours start every hour.\nThe cafe closes at five."
-    assert apply_quality_filters(short, "text", web()).reason == "web_too_few_words"
-    assert apply_quality_filters(short, "text", web(min_words=10)).reason is None
+    assert apply_quality_filters(SHORT, "text", web()).reason == "web_too_few_words"
+    assert apply_quality_filters(SHORT, "text", web(min_words=10)).reason is None
     assert apply_quality_filters(PROSE, "text", web(min_stop_words=100)).reason == "web_stop_words"
     assert apply_quality_filters(PROSE, "text", web(c4_min_sentences=7)).reason == "c4_too_few_sentences"
 
@@ -233,6 +268,55 @@ def test_c4_line_rules_remove_boilerplate_lines_and_count_them():
         PROSE_LINES[3],
     ]
     assert apply_quality_filters(text, "text", web()) == FilterResult("\n".join(kept), None, 7)
+
+
+def test_c4_removes_citation_markers_and_a_line_with_a_word_over_the_limit():
+    cited = [PROSE_LINES[0] + "[1]", PROSE_LINES[1] + "[citation needed]", "History[edit]", PROSE_LINES[2] + "[12]"]
+    blob = "See data:" + "QUJD" * 300 + " for the raw table."  # a 1,209-character word, a third of the text
+    text = "\n".join([*cited, blob, *PROSE_LINES[3:], *sentences(40)])
+    assert len(text) > 2 * 1209
+    # Without its marker a cited line ends like a sentence; 'History' alone has too few words.
+    assert apply_quality_filters(text, "text", web()) == FilterResult("\n".join(PROSE_LINES + sentences(40)), None, 2)
+    # Without the line rules the long word drops the document, as in every other profile.
+    assert apply_quality_filters(text, "text", web(c4_line_rules=False)).reason == "word_too_long"
+    assert apply_quality_filters(text, "text", FiltersConfig(profile="none")).reason == "word_too_long"
+
+
+def test_c4_counts_sentences_as_a_sentence_splitter_does():
+    # Each line that ends like a sentence is one, a quoted title too ('"Angel of Death"'): 5 lines, 5.
+    titles = ['The set opened with "Angel of Death"', 'Then they played "Raining Blood"',
+              'The crowd asked for "South of Heaven"', 'Next on the list was "Seasons in the Abyss"',
+              'They closed with "War Ensemble"']
+    assert apply_quality_filters("\n".join(titles), "text", web(min_words=0)).reason is None
+    # A period after U.S., initials or a title ends no sentence: 4 lines of one sentence each, < 5.
+    abbreviated = ["The U.S. Army reached St. Louis with Mr. Clark in May.",
+                   "J. R. R. Tolkien wrote it at Oxford with Dr. Lewis nearby.",
+                   "They met in Washington, D.C. and then in the Jan. frost.",
+                   "He said e.g. fish, i.e. cod, and more of the same."]
+    assert apply_quality_filters("\n".join(abbreviated), "text", web(min_words=0)).reason == "c4_too_few_sentences"
+    # Sentences inside a line count: 4 in the first line, 1 in the second.
+    several = ["It rained. We stayed in! Was it cold? The roads closed.", PROSE_LINES[0]]
+    assert apply_quality_filters("\n".join(several), "text", web(min_words=0)).reason is None
+
+
+def test_duplicate_lines_keep_their_indentation():
+    """Lines are compared as they are, indentation included: 'return None' at five depths, twice
+    each, is 5 repeated lines of 20 (0.25 <= 0.3); stripped it would be 9 of 20 (0.45)."""
+    lines = [line for i in range(10) for line in (f"def f{i}():", "    " * (1 + i % 5) + "return None")]
+    text = "\n".join(lines)
+    assert len(lines) - len(set(lines)) == 5 and len(lines) - len({line.strip() for line in lines}) == 9
+    assert apply_quality_filters(text, "text", web(**OFF_EXCEPT_LINES)).reason is None
+    assert apply_quality_filters(text, "text", web(**{**OFF_EXCEPT_LINES, "max_duplicate_lines_fraction": 0.2})).reason \
+        == "web_duplicate_lines"
+
+
+def test_hashes_and_ellipses_have_a_limit_each():
+    # 6 hashtags and 6 ellipses on 106 words: 0.057 each, 0.113 together, over 0.1 only together.
+    lines = sentences(20)
+    text = "\n".join(line.replace(" ", "… ", 1) if i < 6 else line for i, line in enumerate(lines)) + \
+        "\n#ray #python #data #gpu #cloud #llm"
+    assert len(text.split()) == 106 and text.count("#") == text.count("…") == 6
+    assert apply_quality_filters(text, "text", web()).reason is None
 
 
 def test_c4_line_rules_can_be_switched_off():
@@ -366,7 +450,7 @@ def test_unknown_kind_is_an_error():
 
 def documented_reason(reason: str) -> bool:
     fixed = {
-        "empty", "web_too_few_words", "web_too_many_words", "web_mean_word_length", "web_symbol_ratio",
+        "empty", "web_too_few_words", "web_too_many_words", "web_mean_word_length", "web_hash_ratio", "web_ellipsis_ratio",
         "web_bullet_lines", "web_ellipsis_lines", "web_alpha_words", "web_stop_words",
         "web_duplicate_lines", "web_duplicate_line_chars", "web_duplicate_paragraphs",
         "web_duplicate_paragraph_chars", "c4_lorem_ipsum", "c4_curly_bracket", "c4_too_few_sentences",
@@ -378,7 +462,8 @@ def test_wikitext_articles_get_sane_verdicts():
     if not WIKITEXT_VALID.exists():
         pytest.skip(f"{WIKITEXT_VALID} is absent")
     corpus = WIKITEXT_VALID.read_text(encoding="utf-8")
-    articles = [a for a in re.split(r"(?m)^(?= = [^=].* = $)", corpus) if a.strip()]
+    raw = [a for a in re.split(r"(?m)^(?= = [^=].* = $)", corpus) if a.strip()]
+    articles = clean_texts(pa.array(raw), CleanConfig()).to_pylist()  # as prepare gives them to the filters
     assert len(articles) > 50
     results = [apply_quality_filters(article, "text", web()) for article in articles]
     kept = [r for r in results if r.reason is None]

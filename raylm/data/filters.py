@@ -1,6 +1,13 @@
 """Document quality filters of data preparation: Gopher and C4 rules for prose, Codex/StarCoder-style
 heuristics for source code.
 
+The Gopher and C4 rules compute what datatrove's GopherRepetitionFilter, GopherQualityFilter and
+C4QualityFilter compute (benchmarks/filters_vs_datatrove.py measures the agreement), with these
+differences on purpose: words are runs of non-space characters, as in the Gopher paper, not a word
+tokenizer's tokens (which count each punctuation mark as a word and so drop ordinary prose on the
+alphabetic-words rule); stop words match in any case; more bullet characters count; a curly closing
+quote ends a line as a straight one does; and a most frequent n-gram that occurs once is no repetition.
+
 Pure Python and stateless, so every Ray worker calls `apply_quality_filters` once per document. It
 runs over the whole corpus, so each rule is a str method, a precompiled regex or a `Counter` rather
 than a per-character loop; within each family of rules the cheap ones run first, the first failure
@@ -11,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import accumulate, islice
@@ -23,18 +30,24 @@ _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "–", "-", 
 _ELLIPSES = ("...", "…")
 _LETTER = re.compile(r"[^\W\d_]")  # \w minus digits and underscore: exactly the str.isalpha characters
 _STOP_WORD = re.compile(r"\b(?:the|be|to|of|and|that|have|with)\b", re.IGNORECASE)
-# Paragraphs end at two or more newlines; whitespace-only lines between them count as blank.
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+# The repetition rules' units, as datatrove splits them: paragraphs at two or more newlines, lines
+# at newlines (`_lines_as_datatrove_splits`), neither stripped (indentation is part of a line).
+_PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 
 # C4 (Raffel et al. 2020). A sentence may close with quotes after its mark (`."`, `!”`); C4 also
 # keeps lines that end in a bare quote.
 _CLOSING_QUOTES = "\"'”’"
 _TERMINAL_ENDINGS = (".", "!", "?", *_CLOSING_QUOTES)
 # Lowercase phrases: `in` on a lowered line is several times faster than an IGNORECASE alternation.
-_BOILERPLATE_PHRASES = (
-    "javascript", "terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies",
-)
-_SENTENCE_END = re.compile(rf"[.!?]+[{_CLOSING_QUOTES}]*(?=\s|\Z)")
+_POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+_CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia's, removed before the line rules
+# A word ending in sentence marks (and closing quotes or brackets) with more text after it.
+_SENTENCE_MARK = re.compile(rf"(\S*?)([.!?]+)[{_CLOSING_QUOTES})\]]*(?=\s+\S)")
+_OPENERS = "\"'“‘(["
+# Words whose final period is no sentence end (spaCy keeps these, and U.S., e.g., single letters, whole).
+_ABBREVIATIONS = frozenset("mr mrs ms dr st jr sr prof gen rev vs etc inc ltd co corp no vol fig jan feb mar apr "
+                           "jun jul aug sep sept oct nov dec".split())
+_INITIALS = re.compile(r"(?:[^\W\d_]\.)*[^\W\d_]")
 
 # Source code.
 _ALPHANUMERIC_RUN = re.compile(r"[^\W_]+")  # \w minus underscore: exactly the str.isalnum characters
@@ -64,16 +77,22 @@ def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> Filter
     records, none for plain text: the web rules are tuned on crawled pages and would throw away most
     of a book cut into paragraphs or a folder of short notes. Every profile drops a document that is
     empty or whitespace-only (also after C4 line removal) with reason 'empty', and one with a word
-    (a run of non-space characters) longer than config.max_word_chars as 'word_too_long'."""
+    (a run of non-space characters) longer than config.max_word_chars as 'word_too_long' (in the
+    web profile with C4's line rules, only when such words are half its characters or more: else
+    C4 removes their lines, as datatrove does)."""
     if kind not in AUTO_PROFILE:
         raise ValueError(f"document kind must be one of {', '.join(map(repr, AUTO_PROFILE))}, not {kind!r}")
     if not text or text.isspace():
         return FilterResult(text, "empty", 0)
-    if _has_a_word_longer_than(text, config.max_word_chars):
-        return FilterResult(text, "word_too_long", 0)
     profile = AUTO_PROFILE[kind] if config.profile == "auto" else config.profile
+    limit = config.max_word_chars
+    words = text.split() if profile == "web" or 0 < limit < len(text) else []
+    long_chars = sum(length for length in map(len, words) if length > limit) if 0 < limit < len(text) else 0
+    # With C4's line rules a long word costs its line, unless such words are most of the document.
+    if long_chars and (profile != "web" or not config.web.c4_line_rules or 2 * long_chars >= len(text)):
+        return FilterResult(text, "word_too_long", 0)
     if profile == "web":
-        return _apply_web_rules(text, config.web)
+        return _apply_web_rules(text, words, config.web, limit)
     reason = _code_reason(text, config.code) if profile == "code" else None
     return FilterResult(text, reason, 0)
 
@@ -81,25 +100,24 @@ def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> Filter
 # ------------------------------------------------------------------------------------------ web
 
 
-def _apply_web_rules(text: str, rules: WebRules) -> FilterResult:
-    """Gopher repetition, then Gopher quality (both on the input text), then C4 on what it keeps.
-    A document over the word limit is dropped first: counting its n-grams would cost the most."""
-    words = text.split()
+def _apply_web_rules(text: str, words: list[str], rules: WebRules, max_word_chars: int) -> FilterResult:
+    """Gopher repetition, then Gopher quality (both on the input text and its words), then C4 on
+    what it keeps. A document over the word limit is dropped first: counting its n-grams would
+    cost the most."""
     if len(words) > rules.max_words:
         return FilterResult(text, "web_too_many_words", 0)
     lines = [stripped for line in text.split("\n") if (stripped := line.strip())]
-    reason = _gopher_repetition_reason(text, words, lines, rules) or _gopher_quality_reason(
-        text, words, lines, rules
-    )
+    reason = _gopher_repetition_reason(text, words, rules) or _gopher_quality_reason(text, words, lines, rules)
     if reason:
         return FilterResult(text, reason, 0)
-    return _apply_c4_rules(text, lines, rules)
+    return _apply_c4_rules(text, lines, rules, max_word_chars)
 
 
-def _gopher_repetition_reason(text: str, words: list[str], lines: list[str], rules: WebRules) -> str | None:
+def _gopher_repetition_reason(text: str, words: list[str], rules: WebRules) -> str | None:
     """Repeated paragraphs and lines (by count and by characters), then word n-grams: boilerplate,
-    spam and generation loops. Fractions follow datatrove's GopherRepetitionFilter."""
-    paragraphs = [stripped for part in _PARAGRAPH_BREAK.split(text) if (stripped := part.strip())]
+    spam and generation loops. Every character fraction is of the whole text, as in datatrove's
+    GopherRepetitionFilter."""
+    paragraphs, lines = _PARAGRAPH_BREAK.split(text.strip()), _lines_as_datatrove_splits(text)
     for units, max_fraction, max_chars_fraction, count_reason, chars_reason in (
         (paragraphs, rules.max_duplicate_paragraphs_fraction, rules.max_duplicate_paragraph_chars_fraction,
          "web_duplicate_paragraphs", "web_duplicate_paragraph_chars"),
@@ -117,13 +135,13 @@ def _gopher_repetition_reason(text: str, words: list[str], lines: list[str], rul
     # (a score of 0) the longer ones are skipped: they score 0 too. Hence ascending n.
     for n, max_fraction in sorted(rules.max_top_ngram_chars_fraction.items()):
         top_chars = ngrams.top_chars(n)
-        if top_chars / ngrams.total_chars > max_fraction:
+        if top_chars / len(text) > max_fraction:
             return f"web_top_{n}gram"
         if not top_chars:
             break
     for n, max_fraction in sorted(rules.max_duplicate_ngram_chars_fraction.items()):
         duplicate_chars = ngrams.duplicate_chars(n)
-        if duplicate_chars / ngrams.total_chars > max_fraction:
+        if duplicate_chars / len(text) > max_fraction:
             return f"web_duplicate_{n}gram"
         if not duplicate_chars:
             break
@@ -139,9 +157,10 @@ def _gopher_quality_reason(text: str, words: list[str], lines: list[str], rules:
     mean_word_length = sum(map(len, words)) / n_words
     if not rules.min_mean_word_length <= mean_word_length <= rules.max_mean_word_length:
         return "web_mean_word_length"
-    symbols = text.count("#") + sum(map(text.count, _ELLIPSES))
-    if symbols / n_words > rules.max_symbol_to_word_ratio:
-        return "web_symbol_ratio"
+    if text.count("#") / n_words > rules.max_symbol_to_word_ratio:
+        return "web_hash_ratio"
+    if sum(map(text.count, _ELLIPSES)) / n_words > rules.max_symbol_to_word_ratio:
+        return "web_ellipsis_ratio"
     if sum(line.startswith(_BULLETS) for line in lines) / len(lines) > rules.max_bullet_lines_fraction:
         return "web_bullet_lines"
     if sum(line.endswith(_ELLIPSES) for line in lines) / len(lines) > rules.max_ellipsis_lines_fraction:
@@ -149,40 +168,68 @@ def _gopher_quality_reason(text: str, words: list[str], lines: list[str], rules:
     alpha_words = len(list(filter(_LETTER.search, words)))
     if alpha_words / n_words < rules.min_alpha_words_fraction:
         return "web_alpha_words"
-    if not _at_least(rules.min_stop_words, _STOP_WORD.finditer(text)):
+    if not _at_least(rules.min_stop_words, _distinct(match.group().lower() for match in _STOP_WORD.finditer(text))):
         return "web_stop_words"
     return None
 
 
-def _apply_c4_rules(text: str, lines: list[str], rules: WebRules) -> FilterResult:
+def _apply_c4_rules(text: str, lines: list[str], rules: WebRules, max_word_chars: int) -> FilterResult:
     """C4's line rules cut menus, captions, buttons and cookie banners out of otherwise good pages;
     its document rules then drop placeholder text, code in prose pages and pages with too little
-    running text left. `lines` are the non-blank lines, stripped: blank lines are dropped as in C4
-    but not counted as removed, since they held no text."""
-    kept_text, lines_removed = text, 0
-    if rules.c4_line_rules:
-        kept = [line for line in lines if _c4_keeps_line(line, rules.c4_min_words_per_line)]
-        kept_text, lines_removed = "\n".join(kept), len(lines) - len(kept)
-    if not kept_text:
-        reason = "empty"
-    elif rules.c4_drop_lorem_ipsum and "lorem ipsum" in kept_text.lower():
-        reason = "c4_lorem_ipsum"
-    elif rules.c4_drop_curly_bracket and "{" in kept_text:
-        reason = "c4_curly_bracket"
-    elif not _at_least(rules.c4_min_sentences, _SENTENCE_END.finditer(kept_text)):
-        reason = "c4_too_few_sentences"
-    else:
-        return FilterResult(kept_text, None, lines_removed)
-    return FilterResult(text, reason, 0)
+    running text left. Line by line, in datatrove's order: a word over max_word_chars removes the
+    line; citation markers go; then the line must end like a sentence and have enough words; lorem
+    ipsum drops the page; javascript removes the line; a curly bracket drops the page; a cookie or
+    policy notice removes the line. `lines` are the non-blank lines, stripped: blank lines are
+    dropped as in C4 but not counted as removed, since they held no text."""
+    if not rules.c4_line_rules:  # the document rules on the text as it is
+        lowered = text.lower()
+        reason = ("c4_lorem_ipsum" if rules.c4_drop_lorem_ipsum and "lorem ipsum" in lowered else
+                  "c4_curly_bracket" if rules.c4_drop_curly_bracket and "{" in text else None)
+        if reason is None and sum(map(_sentences, lines)) < rules.c4_min_sentences:
+            reason = "c4_too_few_sentences"
+        return FilterResult(text, reason, 0)
+    kept, sentences = [], 0
+    for line in lines:
+        words = line.split()
+        if 0 < max_word_chars < max(map(len, words)):
+            continue
+        if "[" in line:
+            line = _CITATION.sub("", line).strip()
+        if not line.endswith(_TERMINAL_ENDINGS) or line.endswith(_ELLIPSES) or len(words) < rules.c4_min_words_per_line:
+            continue
+        lowered = line.lower()
+        if rules.c4_drop_lorem_ipsum and "lorem ipsum" in lowered:
+            return FilterResult(text, "c4_lorem_ipsum", 0)
+        if "javascript" in lowered:
+            continue
+        if rules.c4_drop_curly_bracket and "{" in line:
+            return FilterResult(text, "c4_curly_bracket", 0)
+        if any(phrase in lowered for phrase in _POLICY_PHRASES):
+            continue
+        kept.append(line)
+        sentences += _sentences(line)
+    if not kept:
+        return FilterResult(text, "empty", 0)
+    if sentences < rules.c4_min_sentences:
+        return FilterResult(text, "c4_too_few_sentences", 0)
+    return FilterResult("\n".join(kept), None, len(lines) - len(kept))
 
 
-def _c4_keeps_line(line: str, min_words: int) -> bool:
-    """A line of running text: ends like a sentence (an ellipsis marks a cut-off snippet, as in C4),
-    has enough words, and is no javascript notice or cookie/terms/privacy-policy banner."""
-    if not line.endswith(_TERMINAL_ENDINGS) or line.endswith(_ELLIPSES) or len(line.split()) < min_words:
-        return False
-    lowered = line.lower()
-    return not any(phrase in lowered for phrase in _BOILERPLATE_PHRASES)
+def _sentences(line: str) -> int:
+    """Sentences in a line, as a sentence splitter counts them: one per run of sentence marks
+    (. ! ?) that ends a word followed by more text, unless it is an ellipsis or an abbreviation's
+    period (U.S., e.g., Mr.), plus one if the line itself ends like a sentence (a mark, or C4's
+    closing quote)."""
+    ends = 0
+    for stem, marks in _SENTENCE_MARK.findall(line) if " " in line else ():
+        if "..." in marks:
+            continue
+        if marks == ".":
+            stem = stem.lstrip(_OPENERS)
+            if _INITIALS.fullmatch(stem) or stem.lower() in _ABBREVIATIONS:
+                continue
+        ends += 1
+    return ends + (line.endswith(_TERMINAL_ENDINGS) and not line.endswith(_ELLIPSES))
 
 
 # ----------------------------------------------------------------------------------------- code
@@ -211,9 +258,11 @@ def _code_reason(text: str, rules: CodeRules) -> str | None:
 # -------------------------------------------------------------------------------------- helpers
 
 
-def _has_a_word_longer_than(text: str, limit: int) -> bool:
-    """Whether a run of non-space characters is longer than limit (0: no limit)."""
-    return 0 < limit < len(text) and max(map(len, text.split())) > limit
+def _lines_as_datatrove_splits(text: str) -> list[str]:
+    """re.split(r"\n+", text), which counts an empty line before a leading and after a trailing
+    newline, at str.split's speed."""
+    lines = [line for line in text.split("\n") if line]
+    return [""] * text.startswith("\n") + lines + [""] * text.endswith("\n")
 
 
 def _repeats(units: Sequence[str]) -> tuple[int, int]:
@@ -223,6 +272,15 @@ def _repeats(units: Sequence[str]) -> tuple[int, int]:
     return len(units) - len(counts), repeated_chars
 
 
+def _distinct(items: Iterable[str]) -> Iterator[str]:
+    """Each item the first time it comes."""
+    seen = set()
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            yield item
+
+
 def _at_least(k: int, matches: Iterable[object]) -> bool:
     """Whether `matches` yields at least k items, consuming no more than k of them."""
     return k <= 0 or next(islice(matches, k - 1, None), None) is not None
@@ -230,11 +288,10 @@ def _at_least(k: int, matches: Iterable[object]) -> bool:
 
 class _WordNgrams:
     """The repeated word n-grams of one document, found once per n and shared by the top and
-    duplicate n-gram rules. Characters are those of the words, without the spaces between them."""
+    duplicate n-gram rules."""
 
     def __init__(self, words: list[str]) -> None:
-        self.words = words
-        self.total_chars = sum(map(len, words))
+        self.words = tuple(words)  # its slices are the n-grams, with no list in between
         self._repeated: dict[int, tuple[list[int], Counter[tuple[str, ...]]]] = {}
 
     def _repeated_ngrams(self, n: int) -> tuple[list[int], Counter[tuple[str, ...]]]:
@@ -251,19 +308,20 @@ class _WordNgrams:
                 shorter_starts = self._repeated_ngrams(n - 1)[0]
                 shorter = set(shorter_starts)
                 starts = [i for i in shorter_starts if i + 1 in shorter]
-                grams = [tuple(words[i : i + n]) for i in starts]
+                grams = [words[i : i + n] for i in starts]
             counts = Counter(grams)
-            self._repeated[n] = ([i for i, gram in zip(starts, grams) if counts[gram] > 1], counts)
+            repeated = [] if len(counts) == len(grams) else [i for i, gram in zip(starts, grams) if counts[gram] > 1]
+            self._repeated[n] = (repeated, counts)
         return self._repeated[n]
 
     def top_chars(self, n: int) -> int:
-        """Characters of the most frequent n-gram times its count; 0 if no n-gram repeats, since a
-        phrase that occurs once is not repetition (and would otherwise drop short documents)."""
+        """Characters of the most frequent n-gram (its words and the spaces between them) times its
+        count; 0 if no n-gram repeats, since a phrase that occurs once is not repetition."""
         starts, counts = self._repeated_ngrams(n)
         if not starts:
             return 0
         (gram, count), = counts.most_common(1)
-        return sum(map(len, gram)) * count
+        return (sum(map(len, gram)) + n - 1) * count
 
     @cached_property
     def _char_offsets(self) -> list[int]:
@@ -271,14 +329,21 @@ class _WordNgrams:
         return list(accumulate(map(len, self.words), initial=0))
 
     def duplicate_chars(self, n: int) -> int:
-        """Characters of the words covered by n-grams that occur more than once (every occurrence),
-        each word counted once where repeated n-grams overlap."""
+        """Characters of the n-grams (their words, without spaces) that repeat one seen before, read
+        from the start and jumping past each repeat, so overlapping repeats count once and a first
+        occurrence not at all: datatrove's count. Only starts of repeated n-grams can be repeats, so
+        the scan visits just those; the others only move it on by a word."""
         starts, _ = self._repeated_ngrams(n)
-        if not starts:
-            return 0
-        offsets = self._char_offsets
-        covered = covered_until = 0
+        words, offsets = self.words, self._char_offsets
+        seen: set[tuple[str, ...]] = set()
+        position = chars = 0
         for start in starts:
-            covered += offsets[start + n] - offsets[max(start, covered_until)]
-            covered_until = start + n
-        return covered
+            if start < position:  # inside the repeat just counted
+                continue
+            gram = words[start : start + n]
+            if gram in seen:
+                chars += offsets[start + n] - offsets[start]
+                position = start + n
+            else:
+                seen.add(gram)
+        return chars
