@@ -188,13 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = _command(
         commands, "report", _run_report,
-        help="A self-contained report (Markdown, HTML, PNG plots) of a run or a sweep.",
+        help="A self-contained report (Markdown, HTML, PNG plots) of a run, a sweep or a prepared dataset.",
         description="Plot the metrics of a run folder (loss, learning rate, throughput, val bits per byte) or of a "
         "sweep folder (every trial's curves, final metric per trial), summarise the config, results and a sample "
-        "from the latest checkpoint, and write report.md, report.html (plots embedded) and the PNGs.",
+        "from the latest checkpoint; or of a prepared folder (data.output): its splits, what was dropped and why "
+        "with examples, the kept documents' lengths and the stage timings. Writes report.md, report.html (plots "
+        "embedded) and the PNGs.",
     )
-    report.add_argument("folder", metavar="RUN", help="Run folder (<train.storage>/<train.name>) or sweep folder "
-                        "(<train.storage>/<tune.name>, with results.json).")
+    report.add_argument("folder", metavar="RUN", help="Run folder (<train.storage>/<train.name>), sweep folder "
+                        "(<train.storage>/<tune.name>, with results.json) or prepared folder (with manifest.json).")
     report.add_argument("--output", metavar="DIR", help="Where to write the report (default: RUN/report).")
     report.add_argument("--no-sample", action="store_true", help="Skip generating a text sample from the checkpoint.")
 

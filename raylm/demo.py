@@ -149,7 +149,8 @@ def demo(output: str = "demo", quick: bool = False, num_cpus: int | None = None,
 
     stage("report")
     reports = {name: write_report(str(folder), sample_tokens=size.sample_tokens, log=log)["html"]
-               for name, folder in (("pretrain", run), ("sweep", runs / "sweep"), ("finetune", runs / "finetune"))}
+               for name, folder in (("data", prepared), ("pretrain", run), ("sweep", runs / "sweep"),
+                                    ("finetune", runs / "finetune"))}
     where = {"prepared data": str(prepared), "pretrain run": str(run), "sample": str(out / "sample.txt"),
              "sweep": str(runs / "sweep"), "best config": str(runs / "sweep" / "best-config.yaml"),
              "finetune run": str(runs / "finetune"), **{f"{name} report": path for name, path in reports.items()},

@@ -52,7 +52,7 @@ def test_the_demo_walks_the_whole_path(demo):
     assert load_config(runs / "finetune" / "config.yaml").finetune.method == "lora"
     assert_merged_model_is_the_adapted_one(runs / "finetune", runs / "pretrain")
 
-    for report in (runs / "pretrain", runs / "sweep", runs / "finetune"):
+    for report in (demo / "prepared", runs / "pretrain", runs / "sweep", runs / "finetune"):
         assert (report / "report" / "report.html").stat().st_size > 20_000  # plots embedded
         assert list((report / "report").glob("*.png"))
 

@@ -83,7 +83,10 @@ def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
     assert manifest["files"]["skipped"] == {"unsupported .xyz": 1}
     ledger = pq.read_table(tmp_path / "prepared" / "rejected").to_pylist()
     assert Counter(row["reason"] for row in ledger) == Counter(expected)
-    assert {"file": str(tmp_path / "corpus" / "mixed.jsonl"), "index": 6, "reason": "malformed_json"} in ledger
+    assert {"file": str(tmp_path / "corpus" / "mixed.jsonl"), "index": 6, "reason": "malformed_json", "head": ""} in ledger
+    blob = next(row for row in ledger if row["reason"] == "word_too_long")
+    assert len(blob["head"]) == 240 and blob["head"].startswith("data:application/octet-stream;base64,QUJD")
+    assert_the_data_report_shows_it(tmp_path / "prepared", manifest)
     assert_shards_hold_the_kept_documents(tmp_path / "prepared", manifest)
     tokenizer = Tokenizer.from_file(str(tmp_path / "prepared" / "tokenizer.json"))
     written = tokenizer.decode([token for shard in read_split(tmp_path / "prepared", manifest, "train") for row in shard for token in row])
@@ -91,6 +94,23 @@ def test_every_bad_input_is_counted_and_named(run_prepare, tmp_path):
     summary = []
     _log_summary(manifest, summary.append)
     assert "2 documents were not UTF-8: data.fallback_encoding=latin-1" in "\n".join(summary)
+
+
+def assert_the_data_report_shows_it(folder, manifest: dict) -> None:
+    """`raylm report PREPARED`: splits, every drop reason with a bar and examples (file, index, the
+    first characters), the kept documents' length histograms and the stage timings."""
+    from raylm.report.report import write_report
+
+    written = write_report(str(folder), log=lambda _: None)
+    markdown = (folder / "report" / "report.md").read_text()
+    assert [p.rsplit("/", 1)[1] for p in written["plots"]] == ["drop-reasons.png", "document-lengths.png"]
+    for section in ("## Summary", "## Splits", "## What was dropped", "## What was kept", "## Stages"):
+        assert section in markdown
+    for reason, count in manifest["documents"]["dropped"].items():
+        assert f"### {reason} ({count:,} documents)" in markdown
+    assert f"| {folder.parent / 'corpus' / 'mixed.jsonl'} | 6 | (no text) |" in markdown
+    assert "| train | " in markdown and "| tokenize_pack_write | " in markdown
+    assert (folder / "report" / "report.html").read_text().count("data:image/png;base64,") == 2
 
 
 @pytest.mark.parametrize("grouping", ["one task", "hash shuffles"])

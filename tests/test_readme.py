@@ -57,7 +57,7 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 13
+    assert len(COMMANDS) == 14
     assert "make demo\nmake test" in README
     assert COMMANDS[0] == "raylm " + " ".join(FIRST_PREPARE)  # run by the default_prepared fixture
 
@@ -148,9 +148,11 @@ def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeyp
     assert before_after["after"]["loss"] < before_after["before"]["loss"]
     assert (tmp_path / "runs" / "finetune" / "merged" / "config.yaml").exists()
 
-    run("raylm report")
+    run("raylm report runs/finetune")
     html = (tmp_path / "runs" / "finetune" / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "before" in html
+    run("raylm report prepared")  # its parts: tests/test_prepare.py (assert_the_data_report_shows_it)
+    assert "## What was kept" in (tmp_path / "prepared" / "report" / "report.md").read_text()
 
 
 @pytest.mark.timeout(300)

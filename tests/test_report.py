@@ -159,7 +159,7 @@ def test_run_on_s3_is_reported_into_its_folder_on_s3(s3_server, tmp_path, text, 
 
 def test_folders_that_are_not_runs_or_sweeps_are_one_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(RaylmError, match="is neither a run folder .* nor a sweep folder"):
+    with pytest.raises(RaylmError, match="is no run folder .*, sweep folder .* or prepared folder"):
         write_report(str(tmp_path))
     run = tmp_path / "run"
     run.mkdir()
@@ -179,4 +179,4 @@ def test_cli_writes_the_report_or_exits_2_with_one_line(tmp_path, text):
     failed = subprocess.run([*RAYLM, "report", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert failed.returncode == 2
     assert failed.stderr.startswith("raylm: error: ") and failed.stderr.count("\n") == 1, failed.stderr
-    assert "neither a run folder" in failed.stderr
+    assert "is no run folder" in failed.stderr

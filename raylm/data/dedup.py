@@ -27,6 +27,7 @@ from ray.data import Dataset
 from ray.data.aggregate import Min
 
 from raylm.config import DedupConfig
+from raylm.data.pack import REJECTED_HEAD_CHARS
 
 REASONS = ("exact_duplicate", "near_duplicate")  # code 0 wins when a document is both
 WORD = re.compile(r"\w+")
@@ -191,11 +192,11 @@ def _mark_joined(batch: pa.Table) -> pa.Table:
 
 
 def _mark(batch: pa.Table, code: pa.ChunkedArray | pa.Array) -> pa.Table:
-    """`reason` set to the dedup reason (and text dropped, its size in `dropped_bytes`) where `code`
-    is not null."""
+    """`reason` set to the dedup reason (and the text cut to its start, its size in `dropped_bytes`)
+    where `code` is not null."""
     removed_here = pc.is_valid(code)
     reason = pc.if_else(removed_here, pc.take(pa.array(REASONS), pc.fill_null(code, 0)), batch.column("reason"))
-    text = pc.if_else(removed_here, "", batch.column("text"))
+    text = pc.if_else(removed_here, pc.utf8_slice_codeunits(batch.column("text"), 0, REJECTED_HEAD_CHARS), batch.column("text"))
     dropped_bytes = pc.if_else(removed_here, pc.cast(pc.binary_length(batch.column("text")), pa.int64()),
                                batch.column("dropped_bytes"))
     batch = batch.drop_columns(["reason", "text", "dropped_bytes"])

@@ -22,6 +22,9 @@ from raylm import storage
 from raylm.data.tokenizer import TokenizerFiles, encode_documents
 
 SPLITS = ("train", "val", "test")
+# A dropped document keeps the start of its text (the rest is counted in dropped_bytes and freed):
+# rejected/ shows it, and `raylm report` quotes it.
+REJECTED_HEAD_CHARS = 240
 TAIL_COLUMNS = {split: f"tail_{split}" for split in SPLITS}
 
 
@@ -90,7 +93,8 @@ class TokenizeAndWrite:
         }
         if rejected.num_rows:
             name = f"rejected/part-{key:016x}.parquet"
-            write_table(rejected.select(["file", "index", "reason"]), storage.join(self.output, name))
+            ledger = rejected.select(["file", "index", "reason", "text"]).rename_columns(["file", "index", "reason", "head"])
+            write_table(ledger, storage.join(self.output, name))
         tails = {}
         for split in SPLITS:
             texts = batch.filter(pc.and_(kept, pc.equal(batch.column("split"), split))).column("text")

@@ -34,7 +34,7 @@ from raylm.data import dedup, splitting
 from raylm.data.clean import clean_texts
 from raylm.data.filters import apply_quality_filters
 from raylm.data.formats import read_documents
-from raylm.data.pack import SPLITS, TAIL_COLUMNS, TokenizeAndWrite, write_tail_shards
+from raylm.data.pack import REJECTED_HEAD_CHARS, SPLITS, TAIL_COLUMNS, TokenizeAndWrite, write_tail_shards
 from raylm.data.sources import SourceFile, SourceListing, list_sources
 from raylm.data.tokenizer import TokenizerFiles, load_tokenizer, token_dtype, train_bpe
 from raylm.errors import RaylmError
@@ -345,15 +345,15 @@ def _clean(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
 
 
 def _filter(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
-    """The quality rules; `dropped_bytes` is what they took: a dropped document's text, a kept one's
-    removed lines."""
+    """The quality rules; `dropped_bytes` is what they took: a dropped document's text (of which it
+    keeps the start, for rejected/), a kept one's removed lines."""
     started = time.perf_counter()
     bytes_in = pc.binary_length(batch.column("text"))
     texts, reasons, lines_removed = [], [], []
     for text, kind, reason in zip(*(batch.column(c).to_pylist() for c in ("text", "kind", "reason"))):
         if not reason:
             result = apply_quality_filters(text, kind, data.filters)
-            text, reason = ("", result.reason) if result.reason else (result.text, "")
+            text, reason = (text[:REJECTED_HEAD_CHARS], result.reason) if result.reason else (result.text, "")
             lines_removed.append(result.lines_removed)
         else:
             lines_removed.append(0)
@@ -362,9 +362,10 @@ def _filter(batch: pa.Table, data: DataConfig, clock) -> pa.Table:
     _timed(clock, "filter", started, batch)
     texts = pa.array(texts, pa.string())
     batch = batch.drop_columns(["text", "reason"])
-    return batch.append_column("text", texts).append_column("reason", pa.array(reasons, pa.string())).append_column(
-        "lines_removed", pa.array(lines_removed, pa.int64())).append_column(
-        "dropped_bytes", pc.cast(pc.subtract(bytes_in, pc.binary_length(texts)), pa.int64()))
+    reasons = pa.array(reasons, pa.string())
+    dropped_bytes = pc.if_else(pc.not_equal(reasons, ""), bytes_in, pc.subtract(bytes_in, pc.binary_length(texts)))
+    return batch.append_column("text", texts).append_column("reason", reasons).append_column(
+        "lines_removed", pa.array(lines_removed, pa.int64())).append_column("dropped_bytes", pc.cast(dropped_bytes, pa.int64()))
 
 
 def _fingerprint(batch: pa.Table, data: DataConfig, clock) -> pa.Table:

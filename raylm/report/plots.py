@@ -178,3 +178,33 @@ def sweep_final_plot(trials: list[dict], best: str, metric: str, mode: str) -> b
         ax.scatter([], [], s=60, color=STATUS_COLORS[status], label=status.lower().replace("_", " "))
     figure.legend(loc="outside lower center", ncols=len(STATUS_COLORS), fontsize=9, frameon=False)
     return _png(figure)
+
+
+def drop_reasons_plot(dropped: dict[str, int], dropped_bytes: dict[str, int]) -> bytes:
+    """Documents dropped per reason as horizontal bars, the most first, each labelled with its
+    documents and megabytes."""
+    reasons = sorted(dropped, key=dropped.get)
+    figure = _figure(8.0, max(2.4, 1.2 + 0.38 * len(reasons)))
+    ax = figure.add_subplot()
+    _decorate(ax, "Documents dropped, by reason", "documents", "")
+    ax.barh(reasons, [dropped[r] for r in reasons], color=VAL_COLOR, alpha=0.8)
+    for y, reason in enumerate(reasons):
+        ax.annotate(f"{dropped[reason]:,} ({dropped_bytes.get(reason, 0) / 1e6:.2f} MB)", (dropped[reason], y),
+                    xytext=(5, 0), textcoords="offset points", va="center", fontsize=9)
+    ax.margins(x=0.3)
+    return _png(figure)
+
+
+def document_lengths_plot(tokens: list[int], nbytes: list[int]) -> bytes:
+    """Histograms of the kept documents' lengths in tokens and in UTF-8 bytes, on log-spaced bins
+    (documents run from a line to a book)."""
+    figure = _figure(9.0, 3.8)
+    for i, (values, unit) in enumerate(((tokens, "tokens"), (nbytes, "bytes"))):
+        ax = figure.add_subplot(1, 2, i + 1)
+        _decorate(ax, f"Kept documents, {unit}", f"{unit} per document", "documents" if i == 0 else "")
+        positive = [v for v in values if v > 0] or [1]
+        bins = np.geomspace(min(positive), max(positive) + 1, 30)
+        ax.hist(positive, bins=bins, color=TRAIN_COLOR, alpha=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    return _png(figure)

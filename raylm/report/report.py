@@ -1,4 +1,4 @@
-"""`raylm report`: one self-contained page about a run or a sweep — report.md, report.html (plots
+"""`raylm report`: one self-contained page about a run, a sweep or a prepared dataset — report.md, report.html (plots
 embedded, so it can be mailed or attached as is) and the PNG plots.
 
 The page is assembled once as a list of blocks (headings, text, tables, plots, code) and rendered
@@ -14,6 +14,10 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from raylm import storage
 from raylm.config import Config, run_config
@@ -279,6 +283,100 @@ def sweep_report(sweep_dir: str, sample_tokens: int, log) -> tuple[str, list[Blo
     return title, blocks
 
 
+# ---------------------------------------------------------------------------- prepared data
+
+EXAMPLES_PER_REASON = 3
+SAMPLE_DOCUMENTS = 2000  # kept documents whose lengths the histograms show, from the first train shards
+
+
+def _megabytes(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.2f}"
+
+
+def kept_document_lengths(folder: str, manifest: dict) -> tuple[list[int], list[int]]:
+    """Tokens and UTF-8 bytes of up to SAMPLE_DOCUMENTS kept training documents: a shard's windows
+    are one stream that starts at a document (one shard per batch), so its documents are the runs
+    between end-of-text tokens, less the last, which the shard cuts off."""
+    from raylm.data.pack import windows_array
+    from raylm.data.tokenizer import TokenizerFiles
+
+    codec = TokenizerFiles.read(folder).load()
+    eos = manifest["tokenizer"]["eos_id"]
+    tokens, nbytes = [], []
+    for shard in manifest["splits"]["train"]["shards"]:
+        if len(tokens) >= SAMPLE_DOCUMENTS or shard.endswith("tail.parquet"):
+            continue
+        fs, inner = storage.filesystem(storage.join(folder, shard))
+        stream = windows_array(pq.read_table(inner, filesystem=fs).column("tokens")).ravel()
+        ends = np.flatnonzero(stream == eos)
+        for start, end in zip(np.concatenate([[0], ends[:-1] + 1]), ends):
+            if end > start and len(tokens) < SAMPLE_DOCUMENTS:
+                tokens.append(int(end - start))
+                nbytes.append(len(codec.decode(stream[start:end].tolist()).encode()))
+    return tokens, nbytes
+
+
+def dropped_examples(folder: str, limit: int = EXAMPLES_PER_REASON) -> dict[str, list[dict]]:
+    """The first few dropped documents of each reason, from the rejected/ ledger."""
+    examples: dict[str, list[dict]] = {}
+    fs, inner = storage.filesystem(storage.join(folder, "rejected"))
+    files = sorted(e.path for e in fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+                   if e.path.endswith(".parquet"))
+    for path in files:
+        for row in pq.read_table(path, filesystem=fs).to_pylist():
+            if len(examples.setdefault(row["reason"], [])) < limit:
+                examples[row["reason"]].append(row)
+    return examples
+
+
+def prepared_report(folder: str) -> tuple[str, list[Block]]:
+    """What `raylm prepare` read, kept and dropped, and how long each stage took."""
+    manifest = json.loads(storage.read_bytes(storage.join(folder, "manifest.json")))
+    documents, splits, tokenizer = manifest["documents"], manifest["splits"], manifest["tokenizer"]
+    title = f"Data report: {storage.parent_and_name(folder)[1]}"
+    summary = Table([
+        ["files", f"{manifest['files']['read']:,} read ({_megabytes(manifest['files']['bytes'])} MB)"
+                  + (f", skipped {manifest['files']['skipped']}" if manifest["files"]["skipped"] else "")],
+        ["documents", f"{documents['read']:,} read, {documents['kept']:,} kept, "
+                      f"{sum(documents['dropped'].values()):,} dropped"],
+        ["dedup", f"{manifest['dedup']['exact']:,} exact and {manifest['dedup']['near']:,} near duplicates removed"],
+        ["lines removed", f"{manifest['lines_removed']:,} ({_megabytes(manifest['lines_removed_bytes'])} MB) by the "
+                          "C4 line rules"],
+        ["tokenizer", f"{tokenizer['vocab_size']:,} tokens, {'trained on this data' if tokenizer['trained'] else 'given'}, "
+                      f"end of text {tokenizer.get('eos_token', '<|endoftext|>')}"],
+        ["windows", f"{manifest['seq_len'] + 1} tokens (seq_len {manifest['seq_len']}), {manifest['dtype']}"],
+        ["prepared", f"{manifest['created']}, in {manifest.get('wall_seconds', 0):.1f} s"],
+    ])
+    split_rows = [[name, f"{s['documents']:,}", _megabytes(s["bytes"]), f"{s['tokens']:,}", f"{s['sequences']:,}",
+                   f"{len(s['shards'])}"] for name, s in splits.items()]
+    blocks: list[Block] = [Heading(1, title), Text(_generated()), Heading(2, "Summary"), summary,
+                           Heading(2, "Splits"),
+                           Table(split_rows, ["split", "documents", "MB", "tokens", "windows", "shards"])]
+    dropped = documents["dropped"]
+    blocks.append(Heading(2, "What was dropped"))
+    if dropped:
+        blocks.append(Plot("drop-reasons.png", plots.drop_reasons_plot(dropped, documents["dropped_bytes"]),
+                           "Documents dropped per reason (and their megabytes)"))
+        for reason, rows in dropped_examples(folder).items():
+            blocks += [Heading(3, f"{reason} ({dropped.get(reason, 0):,} documents)"),
+                       Table([[row["file"], f"{row['index']:,}", (row.get("head") or "").strip()[:200] or "(no text)"]
+                              for row in rows], ["file", "index", "first characters"])]
+    else:
+        blocks.append(Text("Nothing: every document read was kept."))
+    tokens, nbytes = kept_document_lengths(folder, manifest)
+    if tokens:
+        blocks += [Heading(2, "What was kept"),
+                   Plot("document-lengths.png", plots.document_lengths_plot(tokens, nbytes),
+                        f"Lengths of {len(tokens):,} kept training documents (from the first train shards)")]
+    stage_rows = [[stage, f"{s['busy_seconds']:.2f}", f"{s['documents']:,}", _megabytes(s["bytes"]),
+                   f"{s['mb_per_busy_second'] or 0:.1f}"] for stage, s in manifest.get("stages", {}).items()]
+    blocks += [Heading(2, "Stages"),
+               Table(stage_rows, ["stage", "busy seconds (all workers)", "documents", "MB", "MB per busy second"]),
+               Table([[phase, f"{seconds:.2f}"] for phase, seconds in manifest.get("phases_seconds", {}).items()],
+                     ["phase", "wall seconds"])]
+    return title, blocks
+
+
 # --------------------------------------------------------------------------------- rendering
 
 
@@ -371,9 +469,12 @@ def write_report(folder: str, output: str | None = None, sample_tokens: int = 12
         title, blocks = sweep_report(folder, sample_tokens, log)
     elif storage.exists(storage.join(folder, METRICS)):
         title, blocks = run_report(folder, sample_tokens, log)
+    elif storage.exists(storage.join(folder, "manifest.json")):
+        title, blocks = prepared_report(folder)
     else:
-        raise RaylmError(f"{folder} is neither a run folder (no metrics.jsonl) nor a sweep folder (no results.json): "
-                         "pass <train.storage>/<train.name> of a run that has logged a step, or <train.storage>/<tune.name>")
+        raise RaylmError(f"{folder} is no run folder (no metrics.jsonl), sweep folder (no results.json) or prepared "
+                         "folder (no manifest.json): pass <train.storage>/<train.name> of a run that has logged a step, "
+                         "<train.storage>/<tune.name>, or a data.output")
     written_plots = []
     for block in blocks:
         if isinstance(block, Plot):
