@@ -44,7 +44,7 @@ def test_transformers_loads_the_export_and_scores_and_continues_text_as_raylm(gq
     main(["export", str(gqa_run), "--output", str(tmp_path / "hf"), "--dtype", "float32"])
     theirs, their_tokenizer = loaded(tmp_path / "hf")
     ours, source = load_model(str(gqa_run))
-    our_tokenizer = source.tokenizer.load()
+    our_tokenizer = source.tokenizer.codec
     assert type(theirs).__name__ == "LlamaForCausalLM" and theirs.config.num_key_value_heads == 2
     sample = text[1000:1250]
     ids = our_tokenizer.encode(sample, add_special_tokens=False).ids

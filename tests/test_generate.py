@@ -80,7 +80,7 @@ def reads_of(model: GPT, *args, **kwargs) -> tuple[str, list[int]]:
 def test_greedy_is_the_same_with_and_without_the_cache_past_block_size(loaded):
     model, tokenizer = loaded
     cached, reads = reads_of(model, tokenizer, PROMPT, max_new_tokens=300, temperature=0)
-    prompt_tokens = len(tokenizer.load().encode(PROMPT).ids)
+    prompt_tokens = len(tokenizer.codec.encode(PROMPT).ids)
     # The prompt, one token at a time until the block is full, then the kept half read again, ...
     assert reads == ([prompt_tokens] + [1] * (128 - prompt_tokens) + ([64] + [1] * 64) * 3)[:300]
     assert generate(model, tokenizer, PROMPT, max_new_tokens=300, temperature=0, use_cache=False) == cached
@@ -89,7 +89,7 @@ def test_greedy_is_the_same_with_and_without_the_cache_past_block_size(loaded):
 def test_a_prompt_longer_than_the_block_is_cut_to_its_end(loaded, shakespeare):
     model, tokenizer = loaded
     prompt = shakespeare[:2000]
-    assert len(tokenizer.load().encode(prompt).ids) > 128
+    assert len(tokenizer.codec.encode(prompt).ids) > 128
     cached, reads = reads_of(model, tokenizer, prompt, max_new_tokens=10, temperature=0)
     assert reads == [64] + [1] * 9
     assert generate(model, tokenizer, prompt, max_new_tokens=10, temperature=0, use_cache=False) == cached

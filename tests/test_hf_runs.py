@@ -68,7 +68,7 @@ def test_a_folder_is_scored_and_continued_as_transformers_does(mistral, heldout)
     files = TokenizerFiles.read(str(mistral))
     their_tokenizer = transformers.AutoTokenizer.from_pretrained(mistral)
     their_ids = their_tokenizer(PROMPT)["input_ids"]
-    assert files.load().encode(PROMPT).ids == their_ids and their_ids[0] == 0  # <s> first, as transformers puts it
+    assert files.codec.encode(PROMPT).ids == their_ids and their_ids[0] == 0  # <s> first, as transformers puts it
     report = evaluate(str(mistral), [str(heldout)])  # windows of the model's context, 64
     loss, count = transformers_loss(mistral, heldout, 64)
     assert report["tokens"] == count and report["loss"] == pytest.approx(loss, rel=1e-5)

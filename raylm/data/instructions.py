@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -70,9 +71,10 @@ def encode_pairs(pairs: list[tuple[str, str]], tokenizer: TokenizerFiles, seq_le
                  ) -> tuple[np.ndarray, np.ndarray, list[bool], list[int]]:
     """Token rows [N, seq_len + 1], loss masks alike, which pairs fit (a prompt that fills the
     window leaves no response token to learn from) and the UTF-8 bytes of each pair's learned text."""
-    codec, eos = tokenizer.load(), tokenizer.eos_id()
+    codec, eos = tokenizer.codec, tokenizer.eos_id
     if chat:
-        rows = [_chat_row(codec, tokenizer, prompt, response) for prompt, response in pairs]
+        render = chat_renderer(tokenizer)
+        rows = [_chat_row(codec, render, prompt, response) for prompt, response in pairs]
     else:
         prompts = codec.encode_batch_fast([p for p, _ in pairs], add_special_tokens=True)
         responses = codec.encode_batch_fast([r for _, r in pairs], add_special_tokens=False)
@@ -91,13 +93,13 @@ def encode_pairs(pairs: list[tuple[str, str]], tokenizer: TokenizerFiles, seq_le
     return tokens, mask, fits, [learned for _, _, learned in rows]
 
 
-def _chat_row(codec, tokenizer: TokenizerFiles, prompt: str, response: str) -> tuple[list[int], list[int], int]:
+def _chat_row(codec, render: Callable[[list[dict], bool], str], prompt: str, response: str
+              ) -> tuple[list[int], list[int], int]:
     """(prompt tokens, assistant tokens, bytes of the assistant text) of a conversation rendered
     with the chat template: the assistant tokens are those of the text after the prompt rendered
     with its generation prompt (the reply and the template's end of turn)."""
     user, assistant = {"role": "user", "content": prompt}, {"role": "assistant", "content": response}
-    head = render_chat(tokenizer, [user], add_generation_prompt=True)
-    text = render_chat(tokenizer, [user, assistant], add_generation_prompt=False)
+    head, text = render([user], True), render([user, assistant], False)
     if not text.startswith(head):
         raise RaylmError("finetune.format=chat: the chat template renders a conversation that does not start with its "
                          "prompt turn, so the assistant tokens cannot be told apart; use finetune.format=plain")
@@ -106,9 +108,10 @@ def _chat_row(codec, tokenizer: TokenizerFiles, prompt: str, response: str) -> t
     return encoding.ids[:split], encoding.ids[split:], len(text[len(head):].encode())
 
 
-def render_chat(tokenizer: TokenizerFiles, messages: list[dict], add_generation_prompt: bool) -> str:
-    """A Jinja chat template rendered the way transformers renders it (sandboxed, trimmed blocks,
-    loop controls, `raise_exception`, the tokenizer's special tokens as variables)."""
+def chat_renderer(tokenizer: TokenizerFiles) -> Callable[[list[dict], bool], str]:
+    """render(messages, add_generation_prompt): the tokenizer's Jinja chat template, compiled once
+    and rendered the way transformers renders it (sandboxed, trimmed blocks, loop controls,
+    `raise_exception`, the tokenizer's special tokens as variables)."""
     template = tokenizer.chat_template
     if template is None:
         raise RaylmError("finetune.format=chat: the tokenizer has no chat_template (its tokenizer_config.json, from a "
@@ -119,11 +122,15 @@ def render_chat(tokenizer: TokenizerFiles, messages: list[dict], add_generation_
     environment.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     tokens = {key: value for key in ("bos_token", "eos_token", "pad_token", "unk_token")
               if isinstance(value := tokenizer.special_token(key), str)}
-    try:
-        return environment.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                        **tokens)
-    except TemplateError as err:
-        raise RaylmError(f"finetune.format=chat: the chat template failed: {err}") from None
+    compiled = environment.from_string(template)
+
+    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+        try:
+            return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
+        except TemplateError as err:
+            raise RaylmError(f"finetune.format=chat: the chat template failed: {err}") from None
+
+    return render
 
 
 def _template_error(message: str):

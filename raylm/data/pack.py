@@ -70,8 +70,8 @@ class TokenizeAndWrite:
 
     def __init__(self, tokenizer: TokenizerFiles, seq_len: int, output: str, dtype: str, clock=None):
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one actor per CPU: no Rayon threads
-        self.tokenizer = tokenizer.load()
-        self.eos = tokenizer.eos_id(self.tokenizer)
+        self.tokenizer = tokenizer.codec
+        self.eos = tokenizer.eos_id
         self.window = seq_len + 1
         self.output = output
         self.dtype = np.dtype(dtype)

@@ -155,7 +155,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
                 raise RaylmError(splitting.nothing_to_train_on(found, data.sources))
             if tokenizer is None:
                 tokenizer = _train_tokenizer(docs, data, train_bytes, phases, log)
-        dtype = token_dtype(tokenizer.load().get_vocab_size())
+        dtype = token_dtype(tokenizer.codec.get_vocab_size())
         tokenizer.write(staging)
 
         mark = time.time()
@@ -248,7 +248,7 @@ def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: 
     trained = _train_bpe_task.options(num_cpus=cpus)
     tokenizer = TokenizerFiles(ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency, cpus)))
     phases["tokenizer"] = time.time() - mark
-    log(f"prepare: trained a {tokenizer.load().get_vocab_size()}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
+    log(f"prepare: trained a {tokenizer.codec.get_vocab_size()}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
         f"in {phases['tokenizer']:.1f}s")
     return tokenizer
 
@@ -444,8 +444,8 @@ def _manifest(config, listing, totals, tails, tokenizer: TokenizerFiles, dtype, 
         "seq_len": config.data.seq_len,
         "dtype": dtype,
         "splits": splits,
-        "tokenizer": {"file": "tokenizer.json", "sha256": tokenizer.sha256, "vocab_size": tokenizer.load().get_vocab_size(),
-                      "eos_id": tokenizer.eos_id(), "eos_token": tokenizer.eos_token,
+        "tokenizer": {"file": "tokenizer.json", "sha256": tokenizer.sha256, "vocab_size": tokenizer.codec.get_vocab_size(),
+                      "eos_id": tokenizer.eos_id, "eos_token": tokenizer.eos_token,
                       "trained": config.data.tokenizer.path is None},
         "rejected": "rejected/",
         "config": config.model_dump(mode="json"),

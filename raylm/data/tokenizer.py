@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -59,12 +60,17 @@ class TokenizerFiles:
         for name, text in self.hf_files:
             storage.write_bytes(storage.join(folder, name), text.encode())
 
-    def load(self) -> Tokenizer:
+    @cached_property
+    def codec(self) -> Tokenizer:
+        """The parsed tokenizer, once per object (a Llama 3 tokenizer.json is 9 MB)."""
         return Tokenizer.from_str(self.json)
 
+    @cached_property
+    def _json_files(self) -> dict[str, dict]:
+        return {name: json.loads(text) for name, text in self.hf_files if name.endswith(".json") and text}
+
     def _json_file(self, name: str) -> dict:
-        text = dict(self.hf_files).get(name)
-        return json.loads(text) if text else {}
+        return self._json_files.get(name, {})
 
     def special_token(self, key: str) -> str | None:
         """A named special token ("eos_token", ...) of a Hugging Face tokenizer's config files."""
@@ -88,8 +94,9 @@ class TokenizerFiles:
             template = next((t["template"] for t in template if t.get("name") == "default"), None)
         return template
 
-    def eos_id(self, tokenizer: Tokenizer | None = None) -> int:
-        return (tokenizer or self.load()).token_to_id(self.eos_token)
+    @property
+    def eos_id(self) -> int | None:
+        return self.codec.token_to_id(self.eos_token)
 
     @property
     def sha256(self) -> str:
@@ -102,21 +109,21 @@ def load_tokenizer(path: str) -> TokenizerFiles:
     checked to parse and to know their end-of-text token."""
     absolute = storage.absolute(path)
     text = storage.read_bytes(absolute).decode("utf-8", errors="replace")
-    try:
-        tokenizer = Tokenizer.from_str(text)
-    except Exception as err:  # tokenizers raises plain Exception subclasses
-        raise RaylmError(f"{path} is not a tokenizers JSON file: {str(err).splitlines()[0]}") from None
     folder = storage.parent_and_name(absolute)[0]
     beside = [(name, storage.read_bytes(storage.join(folder, name)).decode()) for name in HF_TOKENIZER_FILES
               if storage.exists(storage.join(folder, name))]
     files = TokenizerFiles(text, tuple(beside))
+    try:
+        files.codec  # parsed here, once, for this error
+    except Exception as err:  # tokenizers raises plain Exception subclasses
+        raise RaylmError(f"{path} is not a tokenizers JSON file: {str(err).splitlines()[0]}") from None
     for name, content in beside:
         if name.endswith(".json"):
             try:
                 json.loads(content)
             except ValueError:
                 raise RaylmError(f"{storage.join(folder, name)} is not JSON") from None
-    if files.eos_id(tokenizer) is None:
+    if files.eos_id is None:
         where = f"the eos_token of {folder}/{TOKENIZER_CONFIG}" if files.hf_files else "raylm's end-of-text token"
         raise RaylmError(f"tokenizer {path} has no {files.eos_token} token ({where}); add it as a special token or train one")
     return files

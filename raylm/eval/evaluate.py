@@ -149,9 +149,7 @@ def _text_files(paths: list[str], tokenizer: TokenizerFiles, seq_len: int) -> He
     windows the model trained on (seq_len + 1 tokens, overlapping by one so every token but the
     first is predicted once)."""
     texts = [storage.read_bytes(storage.absolute(p)).decode("utf-8", errors="replace") for p in paths]
-    codec = tokenizer.load()
-    eos = tokenizer.eos_id(codec)
-    stream = np.array([t for ids in encode_documents(codec, texts) for t in [*ids, eos]])
+    stream = np.array([t for ids in encode_documents(tokenizer.codec, texts) for t in [*ids, tokenizer.eos_id]])
     if len(stream) < 2:
         raise RaylmError(f"no text to evaluate in {', '.join(paths)}")
     windows = [stream[i : i + seq_len + 1] for i in range(0, len(stream) - 1, seq_len)]

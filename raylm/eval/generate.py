@@ -100,8 +100,7 @@ def generate(
     nothing before it, starts after the end-of-text token.
     """
     check_sampling(temperature, top_k, top_p)
-    codec = tokenizer.load()
-    eos = tokenizer.eos_id(codec)
+    codec, eos = tokenizer.codec, tokenizer.eos_id
     tokens = codec.encode(prompt).ids or [eos]
     block_size = model.config.block_size
     device = model.wte.weight.device

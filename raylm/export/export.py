@@ -55,8 +55,7 @@ def export(run_dir: str, output: str | None = None, dtype: str = "bfloat16", max
         raise RaylmError(f"export: {run_dir} is a Hugging Face model folder already; export takes a raylm run folder")
     config, tokenizer = source.config, source.tokenizer
     parameters = model.num_params(non_embedding=False)
-    codec = tokenizer.load()
-    eos, bos = tokenizer.eos_id(codec), codec.token_to_id(tokenizer.bos_token) if tokenizer.bos_token else None
+    eos, bos = tokenizer.eos_id, tokenizer.codec.token_to_id(tokenizer.bos_token) if tokenizer.bos_token else None
     hf = hf_config(config.model, bos, eos, dtype)
     output = storage.absolute(output or storage.join(run_dir, "hf"))
     storage.check_writable(output)

@@ -300,7 +300,7 @@ def kept_document_lengths(folder: str, manifest: dict) -> tuple[list[int], list[
     from raylm.data.pack import windows_array
     from raylm.data.tokenizer import TokenizerFiles
 
-    codec = TokenizerFiles.read(folder).load()
+    codec = TokenizerFiles.read(folder).codec
     eos = manifest["tokenizer"]["eos_id"]
     tokens, nbytes = [], []
     for shard in manifest["splits"]["train"]["shards"]:
