@@ -90,6 +90,21 @@ def raylm_command(*args: str, cwd: Path, env: dict[str, str] | None = None, time
 
 
 FIRST_PREPARE = ("prepare", "data.sources=[input.txt]", "data.output=prepared")  # the README's first command
+RAYLM_LINE = re.compile(r"^(raylm: |prepare: |pretrain: |step \d+/\d+ \| |eval (step \d+|before training) \| |"
+                        r"2 workers on 1 node, )")
+# Ray's C++ core worker logs errors to the driver's stderr, which Python cannot filter: one line when Ray Data
+# starts an actor pool, a false alarm about restarts (ray-project/ray#57733, open).
+RAY_CORE_WORKER_LINE = re.compile(r"^\[[\d-]+ [\d:,]+ E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: "
+                                  r"'MapWorker\(MapBatches\(TokenizeAndWrite\)\)'.*has constructor arguments")
+
+
+def assert_the_console_shows_raylm_lines_only(commands_lines: list[list[str]]) -> None:
+    """What a newcomer's commands printed: a few raylm lines each, Ray's log folder named once per
+    command, nothing of Ray's own."""
+    lines = [line for printed in commands_lines for line in printed if not RAY_CORE_WORKER_LINE.match(line)]
+    assert len(lines) < 20 * len(commands_lines)
+    assert [line for line in lines if not RAYLM_LINE.match(line)] == []
+    assert sum("Ray's own logs are in /tmp/ray/session_" in line for line in lines) == len(commands_lines)
 
 
 @pytest.fixture(scope="session")

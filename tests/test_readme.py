@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIRST_PREPARE, articles, shared_file
+from conftest import (FIRST_PREPARE, articles, assert_the_console_shows_raylm_lines_only, load_manifest, raylm_command,
+                      shared_file)
 from hf_kit import hf_model, hf_tokenizer, transformers_greedy, transformers_loss
 from raylm.cli import main
+from raylm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -118,7 +120,7 @@ def run_in_process(line: str, cwd: Path, monkeypatch, capsys) -> str:
 
 @pytest.mark.timeout(600)
 def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeypatch, capsys):
-    """pretrain, evaluate, generate, export, finetune and report, in a folder holding the `prepared` dataset
+    """pretrain (through the console script), evaluate, generate, export, finetune and report, in a folder holding the `prepared` dataset
     the README's first command made and the `qa.jsonl` instruction pairs the finetune line names.
     (`raylm tune --config sweep.yaml` runs in tests/test_tune.py.)"""
     shutil.copytree(default_prepared[0], tmp_path / "prepared")
@@ -129,9 +131,19 @@ def test_commands_after_prepare(default_prepared, tmp_path, ray_session, monkeyp
     def run(start: str) -> str:
         return run_in_process(next(c for c in COMMANDS if c.startswith(start)), tmp_path, monkeypatch, capsys)
 
-    run("raylm pretrain")
-    steps = [json.loads(line)["step"] for line in (tmp_path / "runs" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
-    assert steps[-1] == 200
+    # A newcomer's first run, through the console script: its console, and 512-token windows training
+    # a model of 128 tokens of context.
+    pretrain = next(c for c in COMMANDS if c.startswith("raylm pretrain"))
+    pretrain_lines = raylm_command(*shlex.split(pretrain)[1:], cwd=tmp_path)
+    assert_the_console_shows_raylm_lines_only([default_prepared[1], pretrain_lines])
+    assert "pretrain: warmup ends at step 20, 10% of the 200 planned, not after train.warmup_steps=100" in pretrain_lines
+    assert len([line for line in pretrain_lines if line.startswith("eval step ")]) == 2
+    records = [json.loads(line) for line in (tmp_path / "runs" / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 200 and records[-1]["val_bpb"] < records[0]["loss"] / 0.69
+    assert load_manifest(tmp_path / "prepared")["seq_len"] == 512
+    # Each 513-token window is four rows of the model's 128 + 1: every token predicted once, none lost.
+    assert records[-1]["tokens"] == 200 * 16 * 2 * 128
+    assert load_config(tmp_path / "runs" / "pretrain" / "config.yaml").data.seq_len == 128  # the rows it trained on
     report = json.loads(next(line for line in run("raylm evaluate").splitlines() if line.startswith("{")))
     assert report["checkpoint"].endswith("checkpoint-0000200") and report["bits_per_byte"] > 0
     assert report["bits_per_byte"] < report["baseline"]["bits_per_byte"]  # it learned more than token frequencies
