@@ -306,6 +306,9 @@ class TrainConfig(StrictModel):
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="DDP (replicated) or FSDP2 (sharded, for models that do not fit one device).")
     compile: bool = Field(False, description="torch.compile each block.")
     activation_checkpointing: bool = Field(False, description="Recompute block activations in backward to save memory.")
+    loss_chunk_rows: int | None = Field(
+        None, ge=1, description="Compute the training loss this many positions at a time with the lm_head fused in, "
+        "so the [tokens, vocab] fp32 logits and their gradient are never held whole (default: all at once).")
     batch_size: int = Field(16, ge=1, description="Sequences per worker per micro-step.")
     tokens_per_step: int | None = Field(None, ge=1, description="Global tokens per optimizer step; gradient accumulation makes up the difference (default: one micro-step).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")

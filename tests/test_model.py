@@ -276,6 +276,30 @@ def test_learns_a_repeating_sequence(fields):
     assert loss.item() < 0.2, loss.item()
 
 
+@pytest.mark.parametrize("fields", [{}, {"tie_embeddings": False}])
+def test_the_chunked_loss_gives_the_loss_and_gradients_of_the_whole_logits(fields):
+    """train.loss_chunk_rows: 7 positions at a time (not a divisor of the 2 x 24), prompts ignored,
+    the padded head rows never scored; the same loss and gradient of every parameter."""
+    targets = tokens(2, 24, seed=1)
+    targets[:, :5] = -100  # a prompt: not learned
+    results = []
+    for chunk_rows in (None, 7):
+        model = build(**fields)
+        model.loss_chunk_rows = chunk_rows
+        logits, loss = model(tokens(2, 24), targets)
+        loss.backward()
+        results.append((logits, loss, {name: p.grad for name, p in model.named_parameters()}))
+        with torch.no_grad():  # evaluation: no gradients computed, the same loss
+            assert model(tokens(2, 24), targets)[1].item() == pytest.approx(loss.item(), rel=1e-6)
+    (whole_logits, whole, whole_grads), (no_logits, chunked, chunked_grads) = results
+    assert whole_logits.shape == (2, 24, VOCAB) and no_logits is None
+    assert chunked.item() == pytest.approx(whole.item(), rel=1e-6)
+    assert whole_grads.keys() == chunked_grads.keys()
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert chunked_grads["wte.weight"][VOCAB:].abs().sum() == 0  # padding rows: no gradient
+
+
 # ----------------------------------------------------------------------------------- presets
 
 

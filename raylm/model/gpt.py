@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raylm.config import ModelConfig, RopeScaling
+from raylm.model.loss import chunked_linear_cross_entropy
 
 
 class RMSNorm(nn.Module):
@@ -163,6 +164,7 @@ class GPT(nn.Module):
         self.config = config
         self.vocab_size = config.vocab_size
         self.padded_vocab_size = -(-config.vocab_size // 64) * 64
+        self.loss_chunk_rows: int | None = None  # see forward
         self.wte = nn.Embedding(self.padded_vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.positions == "learned" else None
         self.drop = nn.Dropout(config.dropout)
@@ -207,7 +209,9 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits [B, T, vocab_size] and, given targets, the mean cross-entropy over all positions.
+        """Logits [B, T, vocab_size] and, given targets, the mean cross-entropy over all positions;
+        with `loss_chunk_rows` set (training sets it from train.loss_chunk_rows), no logits, only
+        the loss, computed that many positions at a time (raylm/model/loss.py).
 
         With a cache, idx continues the cached sequences: its tokens take the positions after
         cache.length, attend to the cached ones too, and are added to the cache.
@@ -228,7 +232,11 @@ class GPT(nn.Module):
             x = block(x, cos, sin, cache)
         if cache is not None:
             cache.length += T
-        logits = self.lm_head(self.norm(x))[..., : self.vocab_size]
+        x = self.norm(x)
+        if targets is not None and self.loss_chunk_rows:  # the training step's loss, no logits held
+            head = self.lm_head.weight[: self.vocab_size]
+            return None, chunked_linear_cross_entropy(x.flatten(0, 1), head, targets.flatten(), self.loss_chunk_rows)
+        logits = self.lm_head(x)[..., : self.vocab_size]
         if targets is None:
             return logits, None
         # fp32 loss: under FSDP2 mixed precision the logits arrive in bf16 and no autocast upcasts them.
