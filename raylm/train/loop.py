@@ -165,8 +165,8 @@ def train_loop_per_worker(payload: dict) -> None:
         if log:
             log.write(before)
             console(f"eval before training | val loss {before['val_loss']:.4f} | ppl {before['val_ppl']:.2f} | bpb {before['val_bpb']:.4f}")
-    clock_started, seconds_before = time.perf_counter(), state["train_seconds"]
-    interval_started, interval_step = clock_started, state["step"]
+    clock = TrainingClock(state["train_seconds"], state["step"], budget_seconds, device)
+    interval_started, interval_step = time.perf_counter(), state["step"]
 
     finished = state["step"] >= total_steps
     while not finished:
@@ -190,7 +190,7 @@ def train_loop_per_worker(payload: dict) -> None:
             _inject_fault_once(run_dir)
 
         step = state["step"]
-        state["train_seconds"] = _shared_clock(seconds_before + time.perf_counter() - clock_started, budget_seconds, device)
+        state["train_seconds"] = clock.seconds(step, synchronise=step % train.log_every == 0)
         finished = (step >= total_steps or (train.max_tokens is not None and state["tokens"] >= train.max_tokens)
                     or (budget_seconds is not None and state["train_seconds"] >= budget_seconds))
         metrics = {}
@@ -231,6 +231,7 @@ def build_model(config: Config, device: torch.device, init: ModelSource | None =
     torch.manual_seed(train.seed)  # identical initial weights on every rank
     with torch.device("meta") if sharded_read else contextlib.nullcontext():
         model = GPT(config.model)
+    model.loss_chunk_rows = train.loss_chunk_rows
     model = model if sharded_read else model.to(device)
     bytes_read = load_source_weights(model, init) if init is not None and not sharded_read else None
     if config.finetune.method == "lora":
@@ -315,14 +316,30 @@ def _evaluate(model, shard, train: TrainConfig, device, autocast, tokens_per_byt
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_bpb": val_loss / math.log(2) * tokens_per_byte}
 
 
-def _shared_clock(seconds: float, budget_seconds: float | None, device) -> float:
-    """The training seconds so far; with a time budget, rank 0's, sent to every rank: they drive
-    the schedule and the stop, which must be the same on all workers."""
-    if budget_seconds is None:
-        return seconds
-    clock = torch.tensor(seconds, dtype=torch.float64, device=device)
-    dist.broadcast(clock, src=0)
-    return clock.item()
+class TrainingClock:
+    """The training seconds so far. Without a time budget, this worker's. With one, they drive the
+    schedule and the stop, which must be the same on every worker, yet a broadcast per step would
+    make each step wait for the host: so rank 0's clock is sent to all on log steps only (which
+    wait for the loss anyway), and between them every worker counts on at the mean step time of
+    the last interval, the same numbers everywhere."""
+
+    def __init__(self, seconds_before: float, step: int, budget_seconds: float | None, device):
+        self.started, self.seconds_before = time.perf_counter(), seconds_before
+        self.budget_seconds, self.device = budget_seconds, device
+        self.synced_seconds, self.synced_step, self.step_seconds = seconds_before, step, 0.0
+
+    def seconds(self, step: int, synchronise: bool) -> float:
+        local = self.seconds_before + time.perf_counter() - self.started
+        if self.budget_seconds is None:
+            return local
+        if not synchronise:
+            return self.synced_seconds + (step - self.synced_step) * self.step_seconds
+        clock = torch.tensor(local, dtype=torch.float64, device=self.device)
+        dist.broadcast(clock, src=0)
+        shared = clock.item()
+        self.step_seconds = (shared - self.synced_seconds) / max(1, step - self.synced_step)
+        self.synced_seconds, self.synced_step = shared, step
+        return shared
 
 
 def _inject_fault_once(run_dir: str) -> None:

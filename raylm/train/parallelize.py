@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -21,7 +22,7 @@ from raylm.model.gpt import GPT
 def parallelize(
     model: GPT, strategy: str, device: torch.device, *, compile: bool, activation_checkpointing: bool
 ) -> nn.Module:
-    """DDP or FSDP2 around `model` (already on `device`); bf16 compute on GPU for FSDP2 through its
+    """DDP (none for one worker) or FSDP2 around `model` (already on `device`); bf16 compute on GPU for FSDP2 through its
     mixed-precision policy (DDP runs get bf16 from autocast in the training step)."""
     for i, block in enumerate(model.blocks):
         if activation_checkpointing:
@@ -35,7 +36,11 @@ def parallelize(
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
         return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model  # one worker: no gradients to all-reduce, so no DDP hooks and buckets to pay for
+    # Gradients written straight into the all-reduce buckets: no copy in or out of them.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True)
 
 
 def unwrap(model: nn.Module) -> GPT:
@@ -48,4 +53,4 @@ def gradient_sync(model: nn.Module, enabled: bool):
     if isinstance(model, FSDPModule):
         model.set_requires_gradient_sync(enabled)
         return contextlib.nullcontext()
-    return contextlib.nullcontext() if enabled else model.no_sync()
+    return model.no_sync() if isinstance(model, DistributedDataParallel) and not enabled else contextlib.nullcontext()
