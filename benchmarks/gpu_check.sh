@@ -43,6 +43,9 @@ echo "=== MFU"
 python3 benchmarks/train_throughput.py --preset gpt2-124m --seq 1024 --batch 16 2>&1 | tail -n 2 | tee -a "$OUT/mfu.log"
 python3 benchmarks/train_throughput.py --preset gpt2-124m --seq 1024 --batch 16 --compile 2>&1 | tail -n 2 | tee -a "$OUT/mfu.log"
 python3 benchmarks/train_throughput.py --preset gpt2-124m --seq 1024 --batch 32 --compile 2>&1 | tail -n 2 | tee -a "$OUT/mfu.log"
+# the chunked linear + cross-entropy (train.loss_chunk_rows): time and peak memory against the lines above
+python3 benchmarks/train_throughput.py --preset gpt2-124m --seq 1024 --batch 16 --compile --loss-chunk-rows 4096 2>&1 | tail -n 2 | tee -a "$OUT/mfu.log"
+python3 benchmarks/train_throughput.py --preset gpt2-124m --seq 1024 --batch 32 --compile --loss-chunk-rows 4096 2>&1 | tail -n 2 | tee -a "$OUT/mfu.log"
 fi
 if [[ $parts == *overhead* ]]; then
 echo "=== Ray Train overhead"

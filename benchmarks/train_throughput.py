@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                       # CPU: tiny preset, a quick check
     python benchmarks/train_throughput.py --preset gpt2-124m --seq 1024 --batch 16 --compile   # one GPU
+    python benchmarks/train_throughput.py --preset gpt2-124m --seq 512 --batch 8 --loss-chunk-rows 1024   # its memory
 
 MFU uses PaLM's FLOPs per token (6N + 12·L·H·Q·T) against the device's dense bf16 peak
 (raylm.train.metrics.PEAK_BF16_FLOPS). On a GPU the step runs in bf16 autocast with fused AdamW,
@@ -12,6 +13,7 @@ and optimizer, not the input pipeline.
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import torch
@@ -31,11 +33,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30 if cuda else 10)
     parser.add_argument("--warmup", type=int, default=10 if cuda else 3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--loss-chunk-rows", type=int, default=None,
+                        help="train.loss_chunk_rows: the loss a chunk of positions at a time, no whole logits")
     args = parser.parse_args()
 
     device = torch.device("cuda" if cuda else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     model = GPT(ModelConfig(preset=args.preset, vocab_size=args.vocab, block_size=max(args.seq, 2))).to(device)
+    model.loss_chunk_rows = args.loss_chunk_rows
     flops_per_token = model.flops_per_token(args.seq)
     if args.compile:
         for block in model.blocks:
@@ -65,8 +70,11 @@ def main() -> None:
     tokens_per_s = args.batch * args.seq / seconds
     peak = peak_flops(device)
     name = torch.cuda.get_device_name(device) if cuda else "CPU"
+    # Peak memory of the whole process: the GPU's allocations, or the resident set on a CPU (Linux: KiB).
+    peak_gib = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30
     print(f"{name}: {args.preset} ({model.num_params() / 1e6:.1f}M params), seq {args.seq}, batch {args.batch}, "
-          f"compile {args.compile}: {seconds * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s"
+          f"compile {args.compile}, loss_chunk_rows {args.loss_chunk_rows}: {seconds * 1e3:.1f} ms/step, "
+          f"{tokens_per_s:,.0f} tokens/s, peak memory {peak_gib:.2f} GiB"
           + (f", MFU {flops_per_token * tokens_per_s / peak * 100:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""))
 
 
