@@ -75,7 +75,7 @@ def test_the_faults_and_bad_input_table_names_tests_that_exist():
 @pytest.mark.timeout(300)
 def test_local_sources_command(user_folder):
     """Through the `raylm` console script, as a user types it (the commands below run in process),
-    with RAYLM_VERBOSE=1: Ray's own console output comes back (tests/test_console.py: it is gone
+    with RAYLM_VERBOSE=1: Ray's own console output comes back (test_commands_after_prepare: it is gone
     by default)."""
     printed = run_readme_command(next(c for c in COMMANDS if "books/,articles" in c), user_folder, {"RAYLM_VERBOSE": "1"})
     assert "prepare: wrote" in printed.stdout and "Ray's own logs are in" not in printed.stdout + printed.stderr
