@@ -49,6 +49,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         scale = grad_loss / count
         return grad_hidden * scale.to(grad_hidden.dtype), (grad_weight * scale).to(ctx.weight_dtype), None, None
 
+
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                  chunk_rows: int) -> torch.Tensor:
     """Mean cross-entropy of `hidden @ weight.T` ([N, D] x [V, D]) against `targets` [N], ignoring

@@ -26,6 +26,7 @@ from raylm.config import Config, TrainConfig
 from raylm.data.pack import windows_array
 from raylm.model.lora import apply_lora, reset_lora
 from raylm.model.gpt import GPT
+from raylm.model.loss import IGNORE_INDEX
 from raylm.runtime import say
 from raylm.train.checkpoint import (ModelSource, checkpoint_name, latest_complete, load_checkpoint, load_source_weights,
                                    save_checkpoint)
@@ -35,7 +36,6 @@ from raylm.train.schedule import learning_rate
 
 FAULT_MARKER = "fault-injected"
 START = "start.json"
-IGNORE_INDEX = -100  # F.cross_entropy's default ignore_index
 
 
 class MemoryShard:
