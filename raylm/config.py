@@ -300,7 +300,10 @@ class TrainConfig(StrictModel):
     data: str = Field("prepared", description="Prepared dataset (the output of `raylm prepare`): folder or s3:// URI.")
     storage: str = Field("runs", description="Where runs live (folder or s3://); a run is <storage>/<name>/.")
     name: str = Field("pretrain", description="Run name. Starting a run whose folder has checkpoints resumes it.")
-    workers: int = Field(2, ge=1, description="Training workers (processes), one per GPU with use_gpu.")
+    workers: int | tuple[int, int] = Field(
+        2, description="Training workers (processes), one per GPU with use_gpu; [min, max] for an elastic run that "
+        "starts with what the cluster gives (at least min), goes on with fewer when a node is lost and grows back "
+        "to max when nodes return, each change resuming from the newest checkpoint.")
     use_gpu: bool = Field(False, description="One GPU per worker, bf16 autocast, NCCL; otherwise CPU and gloo.")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker (and torch threads on CPU).")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="DDP (replicated) or FSDP2 (sharded, for models that do not fit one device).")
@@ -342,6 +345,25 @@ class TrainConfig(StrictModel):
     init: str | None = Field(None, description="Continue pretraining from these weights: a run folder or a Hugging Face "
                              "model folder (local or s3://), whose model (and tokenizer, which train.data must be prepared "
                              "with) replace the model section. None: random weights.")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _count_or_range(cls, workers: Any) -> Any:
+        counts = list(workers) if isinstance(workers, (list, tuple)) else [workers]
+        if len(counts) != (2 if isinstance(workers, (list, tuple)) else 1) or counts != sorted(counts) or not all(
+                isinstance(n, int) and n >= 1 for n in counts):
+            raise ValueError("must be a worker count like 2, or [min, max] like [1, 4] with 1 <= min <= max")
+        return tuple(workers) if isinstance(workers, (list, tuple)) else workers
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers: equal for a fixed-size run."""
+        return self.workers if isinstance(self.workers, tuple) else (self.workers, self.workers)
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers the run uses: what batch sizes, data splits and resource requests plan for."""
+        return self.worker_range[1]
 
 
 # ----------------------------------------------------------------------------------- finetune

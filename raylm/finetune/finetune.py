@@ -48,7 +48,7 @@ def plan_finetune(config: Config) -> TrainingJob:
                       command="finetune")
     if settings.instructions:
         rows = load_instructions(settings.instructions, source.tokenizer, config.data.seq_len, settings,
-                                 config.data.split.val, config.data.split.seed, min_val=config.train.workers)
+                                 config.data.split.val, config.data.split.seed, min_val=config.train.max_workers)
         if config.data.seq_len > config.model.block_size:  # a row is one padded pair: it cannot be cut into several
             raise RaylmError(f"data.seq_len ({config.data.seq_len}) is larger than model.block_size "
                              f"({config.model.block_size}); set a smaller data.seq_len")

@@ -124,7 +124,7 @@ def summary_table(run: Run) -> Table:
         ["parameters", f"{params:,} ({_si(params)})"],
         ["data", train.data],
         ["optimisation", f"lr {train.lr:g}, {train.schedule} schedule, {train.warmup_steps} warmup steps, "
-                         f"{train.workers} workers x {train.batch_size} sequences"],
+                         f"{'-'.join(map(str, sorted(set(train.worker_range))))} workers x {train.batch_size} sequences"],
         ["steps", f"{run.records[-1]['step']:,}"],
     ]
     if tokens := run.last("tokens"):

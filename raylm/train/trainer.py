@@ -100,9 +100,9 @@ def rows_per_window(seq_len: int, block_size: int, what: str, fix: str) -> int:
 def check_batch(config: Config, train_rows: int) -> None:
     """Enough training rows for one step of every worker."""
     train = config.train
-    if train_rows < train.workers * train.batch_size:
+    if train_rows < train.max_workers * train.batch_size:
         raise RaylmError(f"the training data has {train_rows} sequences, fewer than train.workers x train.batch_size "
-                         f"({train.workers} x {train.batch_size}): lower them or give more data")
+                         f"({train.max_workers} x {train.batch_size}): lower them or give more data")
 
 
 def run_folder(config: Config) -> str:
@@ -168,7 +168,7 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
         what = f"{config.model.preset or 'custom'} model"
     log(f"{job.command}: {what}, {model.num_params() / 1e6:.2f}M parameters, "
         f"{model.flops_per_token(job.seq_len) / 1e6:.1f} MFLOPs per token; run folder {run_dir}")
-    note = schedule.describe(train, step_plan(train, job.seq_len, train.workers)[2])
+    note = schedule.describe(train, step_plan(train, job.seq_len, train.max_workers)[2])
     if note:
         log(f"{job.command}: {note}")
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
@@ -222,7 +222,7 @@ def _datasets(job: TrainingJob) -> tuple[dict[str, ray.data.Dataset | ray.Object
     """The train and (when every worker gets a row) val splits, and the val split's tokens per
     byte for bits per byte. A small split is one table in the object store, which the workers
     share out among themselves (`loop.MemoryShard`); a large one a Ray Data dataset."""
-    workers = job.config.train.workers
+    workers = job.config.train.max_workers
     if job.instructions is not None:
         rows = job.instructions
         splits = {"train": ray.put(rows.train)}
@@ -270,7 +270,7 @@ def worker_cpus(config: Config, cluster_cpus: float) -> float:
     train = config.train
     if train.use_gpu or runtime.joined_cluster():
         return train.cpus_per_worker
-    return max(0.1, min(train.cpus_per_worker, (cluster_cpus - DATA_CPUS) / train.workers))
+    return max(0.1, min(train.cpus_per_worker, (cluster_cpus - DATA_CPUS) / train.max_workers))
 
 
 def _in_order(dataset: ray.data.Dataset) -> ray.data.Dataset:

@@ -66,7 +66,7 @@ def trial_config(config: Config, params: dict[str, Any], trial: str) -> Config:
 
 def plan_trial(config: Config, params: dict[str, Any], trial: str) -> TrainingJob:
     job = PLANNERS[config.tune.command](trial_config(config, params, trial))
-    if job.manifest is not None and job.manifest["splits"]["val"]["sequences"] * job.rows_per_window < job.config.train.workers:
+    if job.manifest is not None and job.manifest["splits"]["val"]["sequences"] * job.rows_per_window < job.config.train.max_workers:
         raise RaylmError(f"tune: {job.data} has no val split to compare trials on; prepare with data.split.val > 0")
     return job
 
@@ -93,9 +93,9 @@ def max_concurrent_trials(config: Config) -> int:
         return 0
     train = config.train
     if train.use_gpu:
-        return max(1, int(ray.cluster_resources().get("GPU", 0) // train.workers))
+        return max(1, int(ray.cluster_resources().get("GPU", 0) // train.max_workers))
     cpus = runtime.cluster_cpus()
-    return max(1, int((cpus - DATA_CPUS) // (train.workers * worker_cpus(config, cpus))))
+    return max(1, int((cpus - DATA_CPUS) // (train.max_workers * worker_cpus(config, cpus))))
 
 
 def tune(config: Config, address: str | None = None, num_cpus: int | None = None, log=print) -> dict:
