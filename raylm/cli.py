@@ -114,6 +114,19 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_plan(args: argparse.Namespace) -> int:
+    from raylm.plan.plan import make_plan, read_node_type, render
+
+    config = load_config(args.config, args.overrides)
+    if args.node_type and not args.cluster:
+        raise RaylmError("--node-type names a node type of a --cluster file: give both, e.g. "
+                         "--cluster cluster/aws-gpu.yaml --node-type gpu-large")
+    node = read_node_type(args.cluster, args.node_type) if args.cluster else None
+    plan = make_plan(config, node)
+    print(json.dumps(plan) if args.json else render(plan))
+    return 0
+
+
 def _run_report(args: argparse.Namespace) -> int:
     from raylm.report.report import write_report
 
@@ -163,6 +176,24 @@ def build_parser() -> argparse.ArgumentParser:
         "<train.storage>/<tune.name>/ holds results.json, best-config.yaml (runs as is with "
         "`raylm pretrain --config`), and every trial's run folder and TensorBoard events under trials/.",
         sections=("tune", "train", "model", "finetune", "s3"), entry="raylm.tune.sweep:tune")
+
+    plan = _command(
+        commands, "plan", _run_plan,
+        help="Before paying for GPUs: parameters, FLOPs, memory per GPU, fit, time and cost of a pretraining config.",
+        description="From the config alone (no GPU, no Ray): parameters and FLOPs per token; memory per GPU (weights, "
+        "gradients, AdamW moments, bf16 copies, activations with and without checkpointing, the loss) under DDP and "
+        "under FSDP2 over train.workers GPUs; whether it fits the GPU and the largest micro-batch that does; step "
+        "time and tokens/s at an MFU (plan.mfu, default the one measured in BENCHMARKS.md); wall time, GPU-hours "
+        "and cost for train.max_tokens or train.max_steps; and Chinchilla's compute-optimal token count. The GPU "
+        "is the --node-type's of a --cluster file (Ray cluster launcher or KubeRay YAML), else plan.gpu.",
+        epilog=_keys_epilog("plan"))
+    plan.add_argument("--config", metavar="FILE", help="YAML config file; KEY=VALUE overrides apply on top of it.")
+    plan.add_argument("--cluster", metavar="FILE", help="Cluster YAML whose --node-type the run trains on, e.g. "
+                      "cluster/aws-gpu.yaml; train.workers GPUs of it (train.workers' max for a [min, max] range).")
+    plan.add_argument("--node-type", metavar="NAME", help="A GPU node type of --cluster, e.g. gpu-large.")
+    plan.add_argument("--json", action="store_true", help="Print one JSON object instead of a table.")
+    plan.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                      help="Dotted config overrides, e.g. model.preset=gpt2-124m train.max_tokens=10000000000.")
 
     evaluate = _command(
         commands, "evaluate", _run_evaluate,

@@ -452,6 +452,27 @@ class S3Config(StrictModel):
     region: str | None = Field(None, description="Bucket region (default: AWS_REGION / AWS_DEFAULT_REGION, else the SDK's).")
 
 
+# --------------------------------------------------------------------------------------- plan
+
+
+class PlanConfig(StrictModel):
+    """What `raylm plan` assumes where the config cannot say: the GPU's efficiency and price."""
+
+    mfu: float | None = Field(
+        None, gt=0, le=1,
+        description="Model FLOPs utilization assumed for step time and tokens/s (model FLOPs per token x tokens/s "
+        "over the GPUs' dense bf16 peak). Default: the figure measured in BENCHMARKS.md, gpt2-124m on one H200: "
+        "0.191 eager, 0.316 with train.compile (one GPU, batch 16 x 1,024; more GPUs add communication).")
+    price_per_gpu_hour: float | None = Field(
+        None, ge=0, description="USD per GPU-hour for the cost (default: the on-demand list price of the --node-type's "
+        "instance, where raylm knows it; see raylm/plan/plan.py).")
+    gpu: str = Field(
+        "H100", description="GPU type when no --cluster/--node-type is given: H100, H200, A100-40G, A100-80G, L4, A10G.")
+    usable_memory: Fraction = Field(
+        0.9, description="Share of the GPU's memory a run may plan to fill; the rest is for the CUDA context, NCCL "
+        "buffers and the caching allocator's fragmentation.")
+
+
 # --------------------------------------------------------------------------------------- root
 
 
@@ -462,6 +483,7 @@ class Config(StrictModel):
     finetune: FinetuneConfig = FinetuneConfig()
     tune: TuneConfig = TuneConfig()
     s3: S3Config = S3Config()
+    plan: PlanConfig = PlanConfig()
 
 
 # ------------------------------------------------------------------------------------ loading

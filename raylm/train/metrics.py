@@ -13,6 +13,11 @@ from raylm import storage
 METRICS = "metrics.jsonl"
 # Dense bf16 tensor-core peaks (FLOP/s), from the vendors' datasheets.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
+# Memory of each GPU in bytes, as nvidia-smi reports it (the H200's measured on the lent machine:
+# BENCHMARKS.md), keyed by Ray's accelerator types (`accelerator_type:H100` in a node type's
+# resources). Ray's plain "A100" may be either size: `raylm plan` takes the smaller for it.
+GPU_MEMORY_BYTES = {"H200": 143_771 * 2**20, "H100": 81_559 * 2**20, "A100-80G": 81_920 * 2**20,
+                    "A100-40G": 40_960 * 2**20, "A100": 40_960 * 2**20, "L4": 23_034 * 2**20, "A10G": 23_028 * 2**20}
 
 
 def peak_flops(device: torch.device) -> float | None:

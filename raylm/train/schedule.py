@@ -1,6 +1,7 @@
 """Learning-rate schedules: linear warmup, then cosine decay or warmup-stable-decay (WSD), both
 over the run's progress — the share of its budget spent, whichever of steps, tokens and time runs
-out first — so a run stopped by `train.max_minutes` decays as its time runs out, not part-way."""
+out first — so a run stopped by `train.max_minutes` decays as its time runs out, not part-way; and
+the step plan those budgets make (accumulation, tokens per step, planned steps)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import math
 from raylm.config import TrainConfig
 
 WARMUP_BUDGET_SHARE = 0.1  # warmup ends by 10% of the budget, whatever train.warmup_steps says
+
+
+def step_plan(train: TrainConfig, seq_len: int, world: int) -> tuple[int, int, int]:
+    """(micro-steps per optimizer step, tokens per step, planned steps): gradient accumulation up to
+    train.tokens_per_step, and max_steps or fewer when the token budget ends the run sooner. Here,
+    free of Ray, so that `raylm plan` counts a run's steps as the training loop does."""
+    per_micro_step = train.batch_size * seq_len * world
+    accumulate = max(1, round(train.tokens_per_step / per_micro_step)) if train.tokens_per_step else 1
+    tokens_per_step = per_micro_step * accumulate
+    planned = min(train.max_steps, math.ceil(train.max_tokens / tokens_per_step)) if train.max_tokens else train.max_steps
+    return accumulate, tokens_per_step, planned
 
 
 def learning_rate(step: int, progress: float, config: TrainConfig) -> float:
