@@ -2,11 +2,13 @@
 heuristics for source code.
 
 The Gopher and C4 rules compute what datatrove's GopherRepetitionFilter, GopherQualityFilter and
-C4QualityFilter compute (benchmarks/filters_vs_datatrove.py measures the agreement), with these
-differences on purpose: words are runs of non-space characters, as in the Gopher paper, not a word
-tokenizer's tokens (which count each punctuation mark as a word and so drop ordinary prose on the
-alphabetic-words rule); stop words match in any case; more bullet characters count; a curly closing
-quote ends a line as a straight one does; and a most frequent n-gram that occurs once is no repetition.
+C4QualityFilter compute (benchmarks/filters_vs_datatrove.py measures the agreement). The n-gram rules
+count n-grams of the tokens spaCy's English tokenizer makes, as datatrove does (`raylm.data.words`),
+so a phrase repeats however it is punctuated. Deliberately different: the quality rules' words are
+runs of non-space characters, as in the Gopher paper, not a word tokenizer's tokens (which count each
+punctuation mark as a word and so drop ordinary prose on the alphabetic-words rule); stop words match
+in any case; more bullet characters count; a curly closing quote ends a line as a straight one does;
+and a most frequent n-gram that occurs once is no repetition.
 
 Pure Python and stateless, so every Ray worker calls `apply_quality_filters` once per document. It
 runs over the whole corpus, so each rule is a str method, a precompiled regex or a `Counter` rather
@@ -20,10 +22,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from itertools import accumulate, islice
+from itertools import accumulate, count, islice
+
+import numpy as np
 
 from raylm.config import CodeRules, FiltersConfig, WebRules
+from raylm.data.words import spacy_words
 
 # Gopher quality (Rae et al. 2021, app. A1).
 _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "–", "-", "*", "·")
@@ -130,7 +134,7 @@ def _gopher_repetition_reason(text: str, words: list[str], rules: WebRules) -> s
         if repeated_chars / len(text) > max_chars_fraction:
             return chars_reason
 
-    ngrams = _WordNgrams(words)
+    ngrams = _WordNgrams(spacy_words(words))
     # A longer n-gram can only repeat where its shorter prefix repeats, so once no n-gram repeats
     # (a score of 0) the longer ones are skipped: they score 0 too. Hence ascending n.
     for n, max_fraction in sorted(rules.max_top_ngram_chars_fraction.items()):
@@ -288,62 +292,68 @@ def _at_least(k: int, matches: Iterable[object]) -> bool:
 
 class _WordNgrams:
     """The repeated word n-grams of one document, found once per n and shared by the top and
-    duplicate n-gram rules."""
+    duplicate n-gram rules.
+
+    Each n-gram is named by where it first occurs, so n-grams are compared as integers: the n-gram
+    at i is the (n-1)-gram at i followed by the (n-1)-gram at i+1, which makes its name from those
+    two names, and it can only repeat where both of them repeat. Each n costs a sort of the
+    positions still in play (numpy), not a tuple of words per position."""
 
     def __init__(self, words: list[str]) -> None:
-        self.words = tuple(words)  # its slices are the n-grams, with no list in between
-        self._repeated: dict[int, tuple[list[int], Counter[tuple[str, ...]]]] = {}
+        first_seen: dict[str, int] = {}
+        names = np.fromiter(map(first_seen.setdefault, words, count()), np.int64, len(words))
+        self._size = len(words)
+        self._offsets = list(accumulate(map(len, words), initial=0))  # characters before each word
+        self._levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        repeated = np.bincount(names, minlength=len(words))[names] > 1 if len(words) else names.astype(bool)
+        self._names = {1: np.where(repeated, names, -1)}  # per n: each start's n-gram name, -1 if it occurs once
 
-    def _repeated_ngrams(self, n: int) -> tuple[list[int], Counter[tuple[str, ...]]]:
-        """Ascending starts of the n-grams that occur more than once, and the counts of the n-grams
-        counted. Only the first n asked for counts every position: an n-gram can only repeat where
-        the (n-1)-grams at its start and at the next word both repeat, so each longer n counts just
-        those candidates, which in real text are a small and shrinking part of the document."""
-        if n not in self._repeated:
-            words = self.words
-            if not any(shorter_n < n for shorter_n in self._repeated):
-                starts: Sequence[int] = range(len(words) - n + 1)
-                grams = list(zip(*(words[i:] for i in range(n))))
-            else:
-                shorter_starts = self._repeated_ngrams(n - 1)[0]
-                shorter = set(shorter_starts)
-                starts = [i for i in shorter_starts if i + 1 in shorter]
-                grams = [words[i : i + n] for i in starts]
-            counts = Counter(grams)
-            repeated = [] if len(counts) == len(grams) else [i for i, gram in zip(starts, grams) if counts[gram] > 1]
-            self._repeated[n] = (repeated, counts)
-        return self._repeated[n]
+    def _level(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For the n-grams whose two (n-1)-grams both repeat: their starts, each distinct one's
+        count and first start, and which distinct one each start holds."""
+        if n not in self._levels:
+            shorter = self._names[n - 1] if n - 1 in self._names else self._name(n - 1)
+            left, right = shorter[:-1], shorter[1:]
+            starts = np.flatnonzero((left >= 0) & (right >= 0))
+            keys = left[starts] * (self._size + 1) + right[starts]
+            _, first, which, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+            self._levels[n] = (starts, counts, starts[first], which)
+        return self._levels[n]
+
+    def _name(self, n: int) -> np.ndarray:
+        starts, counts, first_starts, which = self._level(n)
+        names = np.full(max(self._size - n + 1, 0), -1, np.int64)
+        repeated = counts[which] > 1
+        names[starts[repeated]] = first_starts[which[repeated]]
+        self._names[n] = names
+        return names
 
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram (its words and the spaces between them) times its
-        count; 0 if no n-gram repeats, since a phrase that occurs once is not repetition."""
-        starts, counts = self._repeated_ngrams(n)
-        if not starts:
+        count; 0 if no n-gram repeats, since a phrase that occurs once is not repetition. Of equally
+        frequent ones, the first to occur (as Counter.most_common has it)."""
+        _, counts, first_starts, _ = self._level(n)
+        if not len(counts) or counts.max() < 2:
             return 0
-        (gram, count), = counts.most_common(1)
-        return (sum(map(len, gram)) + n - 1) * count
-
-    @cached_property
-    def _char_offsets(self) -> list[int]:
-        """Characters before each word (and after the last), for span lengths by subtraction."""
-        return list(accumulate(map(len, self.words), initial=0))
+        top = counts.max()
+        start = int(first_starts[counts == top].min())
+        return (self._offsets[start + n] - self._offsets[start] + n - 1) * int(top)
 
     def duplicate_chars(self, n: int) -> int:
         """Characters of the n-grams (their words, without spaces) that repeat one seen before, read
         from the start and jumping past each repeat, so overlapping repeats count once and a first
         occurrence not at all: datatrove's count. Only starts of repeated n-grams can be repeats, so
         the scan visits just those; the others only move it on by a word."""
-        starts, _ = self._repeated_ngrams(n)
-        words, offsets = self.words, self._char_offsets
-        seen: set[tuple[str, ...]] = set()
+        names = self._names[n] if n in self._names else self._name(n)
+        starts = np.flatnonzero(names >= 0)
+        offsets, seen = self._offsets, set()
         position = chars = 0
-        for start in starts:
+        for start, name in zip(starts.tolist(), names[starts].tolist()):
             if start < position:  # inside the repeat just counted
                 continue
-            gram = words[start : start + n]
-            if gram in seen:
+            if name in seen:
                 chars += offsets[start + n] - offsets[start]
                 position = start + n
             else:
-                seen.add(gram)
+                seen.add(name)
         return chars

@@ -1,0 +1,52 @@
+"""Word tokens for the n-gram rules: spaCy's English tokenization, each expectation written out by
+hand from spaCy's rules (benchmarks/filters_vs_datatrove.py compares with spaCy itself)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raylm.config import FiltersConfig, WebRules
+from raylm.data.filters import apply_quality_filters
+from raylm.data.words import spacy_words
+
+
+@pytest.mark.parametrize("text, tokens", [
+    # Punctuation around a word is split off, however much of it there is.
+    ('"Hello," she said (twice).', ['"', "Hello", ",", '"', "she", "said", "(", "twice", ")", "."]),
+    # A period stays on abbreviations, initials and single letters; it leaves a lowercase word and
+    # an all-caps one, and splits two sentences run together.
+    ("Mr. Smith met U.S. officials, e.g. NASA. See p. 4.", ["Mr.", "Smith", "met", "U.S.", "officials", ",", "e.g.",
+                                                            "NASA", ".", "See", "p.", "4", "."]),
+    ("It ended.Then", ["It", "ended", ".", "Then"]),
+    # Clitics are tokens of their own, with either apostrophe; "cannot" is two words.
+    ("Don't say it’s what we'd cannot", ["Do", "n't", "say", "it", "’s", "what", "we", "'d", "can", "not"]),
+    # Hyphens between letters, commas between letters and / between words are split; numbers keep theirs.
+    ("well-known ideas,then 1,000 and 3-4 km/h", ["well", "-", "known", "ideas", ",", "then", "1,000", "and", "3",
+                                                  "-", "4", "km", "/", "h"]),
+    # Units and times leave their numbers; "and/or" and URLs stay whole, their brackets do not.
+    ("10km at 5pm and/or <https://www.gnu.org/licenses/>.", ["10", "km", "at", "5", "pm", "and/or", "<",
+                                                             "https://www.gnu.org/licenses/", ">", "."]),
+    # An emoticon the rules would cut apart is put back together: Python's "):".
+    ("def f(x): return x''", ["def", "f(x", "):", "return", "x", "''"]),
+    # Whitespace of any kind only separates.
+    ("  a\tb\n\nc ", ["a", "b", "c"]),
+])
+def test_text_is_tokenized_as_spacy_english_does(text, tokens):
+    assert spacy_words(text.split()) == tokens
+
+
+def test_a_phrase_repeats_however_it_is_punctuated():
+    """'red apple pie' three times, once with a comma after it and once in brackets: as whitespace
+    words the three differ ('pie,', '(red', 'pie)'), as tokens they are one 3-gram that repeats.
+    Tokens: 'red apple pie , (red apple pie) red apple pie .' -> red apple pie , ( red apple pie )
+    red apple pie . ; read from the start, 'red apple pie' at 5 and at 9 repeat: 2 x 11 characters
+    (without spaces) of the text's 45."""
+    text = "red apple pie, (red apple pie) red apple pie."
+    assert len(text) == 45
+    fraction = 2 * len("redapplepie") / len(text)
+    rules = dict(min_words=0, min_mean_word_length=0, min_stop_words=0, max_top_ngram_chars_fraction={},
+                 c4_line_rules=False, c4_min_sentences=0)
+    tight = FiltersConfig(profile="web", web=WebRules(**rules, max_duplicate_ngram_chars_fraction={3: fraction - 0.001}))
+    loose = FiltersConfig(profile="web", web=WebRules(**rules, max_duplicate_ngram_chars_fraction={3: fraction + 0.001}))
+    assert apply_quality_filters(text, "record", tight).reason == "web_duplicate_3gram"
+    assert apply_quality_filters(text, "record", loose).reason is None
