@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ CHINCHILLA_TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022: compute-optimal to
 # throughput, MFU ..."): gpt2-124m, batch 16 x 1,024, bf16 autocast, fused AdamW. One GPU: a
 # multi-GPU run adds gradient all-reduces, which these figures do not include.
 MEASURED_MFU = {False: 0.191, True: 0.316}  # train.compile off / on
-MFU_SOURCE = "measured: BENCHMARKS.md, gpt2-124m 16 x 1,024 on one H200, {}"
+MFU_SOURCE = "BENCHMARKS.md: gpt2-124m, 16 x 1,024, one H200, {}"
 
 # On-demand list prices (USD per instance-hour, Linux) of the instance types the cluster YAMLs use,
 # from the providers' public price lists: AWS us-west-2 (aws.amazon.com/ec2/pricing/on-demand, after
@@ -65,7 +66,7 @@ LIST_PRICES = {
     "a3-highgpu-8g": 88.49,   # 8x H100 80 GB
     "g2-standard-8": 0.8536,  # 1x L4
 }
-LIST_PRICE_SOURCE = "{} on-demand list price, recorded 2025: raylm/plan/plan.py"
+LIST_PRICE_SOURCE = "{} on-demand, 2025 list price"
 
 STRATEGIES = (("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True))
 
@@ -205,12 +206,11 @@ def memory(s: Shapes, *, batch_size: int, seq_len: int, world: int, strategy: st
         rows = min(loss_chunk_rows, tokens)
         saved = norm + hidden * h * tokens + 4 * V * h  # d(hidden), d(weight) in fp32
         # The loop over chunks allocates a chunk's logits while the previous chunk's logits and
-        # softmax gradient are still bound (fp32: 3 x 4 bytes per logit, and on CPU BLAS packs the
-        # transposed head for the matmul; under autocast also the bf16 matmul output; with bf16
-        # weights the gradient is cast to bf16), or later the weight's gradient of the chunk
-        # (grad.t() @ h, [V, h]: in bf16 and fp32 on a GPU) beside its logits.
+        # softmax gradient are still bound (fp32: 3 x 4 bytes per logit; under autocast also the
+        # bf16 matmul output; with bf16 weights the gradient is cast to bf16), or later the weight's
+        # gradient of the chunk (grad.t() @ h, [V, h]: in bf16 and fp32 on a GPU) beside its logits.
         cV, Vh, previous = rows * V, V * h, tokens > rows
-        forward = {"fp32": (8 + 4 * previous) * cV + 4 * Vh,
+        forward = {"fp32": max((8 + 4 * previous) * cV, 8 * cV + 4 * Vh),
                    "autocast": max((6 + 8 * previous) * cV, 10 * cV + 6 * Vh),
                    "bf16": max((6 + 6 * previous) * cV, 6 * cV + 6 * Vh)}[mode]
         weight = 2 if mode == "bf16" else 4
@@ -386,7 +386,7 @@ def make_plan(config: Config, node: NodeType | None = None) -> dict:
     accumulate, tokens_per_step, steps = step_plan(train, seq_len, world)
     flops_per_token = gpt.flops_per_token(seq_len)
     mfu = plan.mfu or MEASURED_MFU[train.compile]
-    mfu_from = "plan.mfu" if plan.mfu else MFU_SOURCE.format("train.compile" if train.compile else "eager")
+    mfu_from = "plan.mfu" if plan.mfu else MFU_SOURCE.format("compiled" if train.compile else "eager")
     recompute = 4 / 3 if train.activation_checkpointing else 1.0  # a second forward pass of every block
     tokens_per_s = world * peak_flops * mfu / (flops_per_token * recompute)
     step_seconds = tokens_per_step / tokens_per_s
@@ -464,11 +464,10 @@ def _advice(config: Config, plan: dict) -> list[str]:
     ratio = plan["advice"]["tokens_over_optimal"]
     optimal = _tokens(plan["advice"]["compute_optimal_tokens"])
     verdict = ("about compute-optimal" if 0.8 <= ratio <= 1.25 else
-               "fewer: a smaller model trained on them would reach a lower loss for the same compute" if ratio < 0.8 else
-               "more: past compute-optimal, each token buys less loss, in exchange for a smaller model to serve")
+               "for the same compute, a smaller model trained on more tokens would reach a lower loss" if ratio < 0.8 else
+               "past compute-optimal, each token buys less loss, in exchange for a smaller model to serve")
     notes.append(f"Chinchilla: ~{CHINCHILLA_TOKENS_PER_PARAMETER} tokens per parameter, {optimal} for "
-                 f"{_count(plan['model']['parameters'])} parameters; the run trains {_tokens(run['tokens'])} "
-                 f"({ratio:.2g}x), {verdict}")
+                 f"{_count(plan['model']['parameters'])} parameters; {_tokens(run['tokens'])} planned ({ratio:.2g}x): {verdict}")
     return notes
 
 
@@ -524,17 +523,28 @@ def render(plan: dict) -> str:
         lines.append(f"  {label:32}" + "".join(f"{_gib(plan['memory'][name][key]):>12}" for name in names))
     lines.append(f"  {'fits':32}" + "".join(f"{'yes' if plan['memory'][n]['fits'] else 'NO':>12}" for n in names))
     lines.append(f"  {'largest micro-batch':32}" + "".join(f"{plan['memory'][n]['largest_micro_batch'] or 'none':>12}" for n in names))
-    lines.append(f"  * the config's (train.strategy, train.activation_checkpointing). DDP: bf16 autocast; FSDP2: sharded "
-                 f"over {run['workers']} GPUs, bf16 compute. train.loss_chunk_rows: {run['loss_chunk_rows'] or 'off'}")
+    loss = (f"in chunks of {run['loss_chunk_rows']:,} positions" if run["loss_chunk_rows"] else
+            "over the whole logits (train.loss_chunk_rows=null)")
+    lines.append(f"  * train.strategy, train.activation_checkpointing. DDP: bf16 autocast. FSDP2: sharded over "
+                 f"{run['workers']} GPUs, bf16 compute. The loss {loss}.")
     lines.append("")
     cost = (f", ${time['cost_usd']:,.0f} at ${time['price_per_gpu_hour']:.2f} per GPU-hour ({time['price_from']})"
             if time["cost_usd"] is not None else f"; cost {time['price_from']}")
     lines += [
-        f"time      MFU {time['mfu'] * 100:.1f}% ({time['mfu_from']}; plan.mfu sets it)",
+        f"time      MFU {time['mfu'] * 100:.1f}% ({time['mfu_from']}{'' if time['mfu_from'] == 'plan.mfu' else '; set plan.mfu'})",
         f"          {_count(time['tokens_per_s'])} tokens/s, {_seconds(time['step_seconds'])} per step, "
         f"{duration(time['train_seconds'])} of training (no start-up, evaluation or checkpoints)",
         f"cost      {time['gpu_hours']:,.1f} GPU-hours{cost}",
         "",
     ]
     lines += [f"advice    {note}" if i == 0 else f"          {note}" for i, note in enumerate(advice["notes"])]
-    return "\n".join(lines)
+    return "\n".join(_wrap(line) for line in lines)
+
+
+def _wrap(line: str, width: int = 110) -> str:
+    """A long line as lines of `width`, continued under its text (after `model     `, `  * `)."""
+    if len(line) <= width:
+        return line
+    indent = len(line) - len(line.lstrip()) if line.startswith(" ") else 10
+    indent += 2 if line.lstrip().startswith("* ") else 0
+    return textwrap.fill(line, width, subsequent_indent=" " * indent, break_on_hyphens=False)
