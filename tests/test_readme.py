@@ -59,7 +59,7 @@ def run_readme_command(line: str, cwd: Path, extra_env: dict[str, str]) -> dict:
 
 
 def test_the_readme_shows_the_commands_this_file_runs():
-    assert len(COMMANDS) == 14
+    assert len(COMMANDS) == 16
     assert "make demo\nmake test" in README
     assert COMMANDS[0] == "raylm " + " ".join(FIRST_PREPARE)  # run by the default_prepared fixture
 
@@ -70,6 +70,18 @@ def test_the_faults_and_bad_input_table_names_tests_that_exist():
     assert len(named) >= 15
     for module, test in named:
         assert re.search(rf"^def {test}\(", (ROOT / "tests" / f"{module}.py").read_text(), re.M), f"{module}::{test}"
+
+
+def test_the_plan_commands_print_what_the_readme_shows(tmp_path):
+    """`raylm plan` through the console script, in a folder holding cluster/aws-gpu.yaml (and no
+    prepared data to take the vocabulary or windows from): each prints the table pasted after it."""
+    (tmp_path / "cluster").mkdir()
+    shutil.copy(ROOT / "cluster" / "aws-gpu.yaml", tmp_path / "cluster")
+    plans = [c for c in COMMANDS if c.startswith("raylm plan ")]
+    assert len(plans) == 2
+    for command in plans:
+        shown = README.split(f"```sh\n{command}\n```\n\n```text\n", 1)[1].split("```", 1)[0]
+        assert run_readme_command(command, tmp_path, {}).stdout == shown
 
 
 @pytest.mark.timeout(300)
