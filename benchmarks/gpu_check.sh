@@ -5,7 +5,8 @@
 #   1. raylm end to end on the GPU: prepare, pretrain DDP (bf16, NCCL), FSDP2, resume, evaluate
 #   2. MFU of GPT-2 124M (benchmarks/train_throughput.py), eager and compiled
 #   3. Ray Train's per-step overhead on the GPU (benchmarks/ray_overhead.py --gpu)
-# Arguments pick sections (e2e, mfu, overhead); none runs all three.
+#   4. raylm plan's memory estimate against torch.cuda.max_memory_allocated (benchmarks/plan_memory.py --gpu)
+# Arguments pick sections (e2e, mfu, overhead, plan); none runs all four.
 set -uo pipefail
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -25,7 +26,7 @@ sys.exit(main(sys.argv[1:]))
 PY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, ray; print('torch', torch.__version__, 'ray', ray.__version__, torch.cuda.get_device_name())"
-parts=${*:-e2e mfu overhead}
+parts=${*:-e2e mfu overhead plan}
 w=/tmp/raylm-gpu; rm -rf $w/runs
 step() { echo "=== $1"; shift; /usr/bin/time -f "(%e s)" "$@" 2>&1 | tee -a "$OUT/e2e.log" | grep -v "^\s*$" | tail -n 12; }
 if [[ $parts == *e2e* ]]; then
@@ -51,4 +52,8 @@ if [[ $parts == *overhead* ]]; then
 echo "=== Ray Train overhead"
 python3 benchmarks/ray_overhead.py --gpu --preset gpt2-124m --seq 1024 --batch 16 --steps 200 --warmup 20 --rounds 2 2>&1 \
   | tail -n 6 | tee "$OUT/overhead.log"
+fi
+if [[ $parts == *plan* ]]; then
+echo "=== raylm plan memory"
+python3 benchmarks/plan_memory.py --gpu 2>&1 | tail -n 4 | tee "$OUT/plan.log"
 fi

@@ -1,6 +1,7 @@
 """`raylm plan`'s memory estimate against real training steps on CPU.
 
     python benchmarks/plan_memory.py                 # every configuration below: estimate vs measured
+    python benchmarks/plan_memory.py --gpu           # on a GPU: gpt2-124m, max_memory_allocated vs the estimate
     python benchmarks/plan_memory.py --child JSON    # one measurement (what the table and tests/test_plan.py run)
 
 Each configuration runs in a fresh process: one thread, a warm-up step of a tiny model of the same
@@ -63,6 +64,14 @@ AUTOCAST_CONFIGS = [
 ]
 
 
+# `--gpu`: the same step on a CUDA device (bf16 autocast, fused AdamW, as the loop on a GPU), its
+# torch.cuda.max_memory_allocated against the plan's GPU estimate for DDP: gpt2-124m with GPT-2's
+# vocabulary at 16 x 1,024, whole logits, chunked and with activation checkpointing.
+GPT2 = {"L": 12, "h": 768, "H": 12, "T": 1024, "B": 16, "V": 50257, "device": "cuda", "steps": 3}
+GPU_CONFIGS = [("gpt2-124m, whole logits", GPT2), ("gpt2-124m, chunks of 4096", {**GPT2, "chunk": 4096}),
+               ("gpt2-124m, checkpointing", {**GPT2, "chunk": 4096, "ckpt": True})]
+
+
 def model_config(spec: dict) -> ModelConfig:
     return ModelConfig(preset=None, n_layer=spec["L"], n_head=spec["H"], n_kv_head=spec.get("kv"), n_embd=spec["h"],
                        block_size=spec["T"], vocab_size=spec["V"], mlp=spec.get("mlp", "swiglu"))
@@ -73,7 +82,7 @@ def estimate(spec: dict):
 
     return memory(shapes_of(meta_model(model_config(spec))), batch_size=spec["B"], seq_len=spec["T"], world=1,
                   strategy="ddp", checkpointing=spec.get("ckpt", False), loss_chunk_rows=spec.get("chunk"),
-                  device="gpu" if spec.get("autocast") else "cpu")
+                  device="gpu" if spec.get("autocast") or spec.get("device") == "cuda" else "cpu")
 
 
 def _status(field: str) -> int:
@@ -82,23 +91,27 @@ def _status(field: str) -> int:
 
 
 def child(spec: dict) -> dict:
-    """Peak resident memory of training steps, as the loop takes them, over the process before the model."""
+    """Peak resident memory of training steps, as the loop takes them, over the process before the
+    model; on a GPU (spec "device": "cuda") the peak of torch.cuda.max_memory_allocated instead."""
     from raylm.model.gpt import GPT
     from raylm.train.parallelize import parallelize
 
     torch.set_num_threads(1)
+    cuda = spec.get("device") == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
 
-    def autocast():  # "autocast": DDP's GPU dtype policy (bf16 autocast), here on CPU
-        return torch.autocast("cpu", dtype=torch.bfloat16) if spec.get("autocast") else contextlib.nullcontext()
+    def autocast():  # bf16 autocast on a GPU, as the loop's; "autocast": the same policy on CPU
+        if cuda or spec.get("autocast"):
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def build(config: ModelConfig):
         torch.manual_seed(0)
-        model = GPT(config)
+        model = GPT(config).to(device)
         model.loss_chunk_rows = spec.get("chunk")
-        model = parallelize(model, "ddp", torch.device("cpu"), compile=False,
-                            activation_checkpointing=spec.get("ckpt", False))
+        model = parallelize(model, "ddp", device, compile=False, activation_checkpointing=spec.get("ckpt", False))
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in model.param_groups(0.1)]
-        return model, torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=False)
+        return model, torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=cuda)
 
     def steps(model, optimizer, tokens, count):
         for _step in range(count):  # the loop's step; `_` keeps the logits, as the loop's does
@@ -110,6 +123,16 @@ def child(spec: dict) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    if cuda:
+        tokens = torch.randint(0, spec["V"], (spec["B"], spec["T"] + 1), device=device)
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        model, optimizer = build(model_config(spec))
+        steps(model, optimizer, tokens, spec.get("steps", 3))
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return {"baseline": baseline, "peak": peak, "growth": peak - baseline, "reserved": torch.cuda.max_memory_reserved(),
+                "parameters": sum(p.numel() for p in model.parameters()), "device": torch.cuda.get_device_name()}
     tiny = {**spec, "L": 1, "h": 64, "H": 2, "kv": None}
     warm_model, warm_optimizer = build(model_config(tiny))
     steps(warm_model, warm_optimizer, torch.randint(0, spec["V"], (2, spec["T"] + 1)), 2)
@@ -174,9 +197,18 @@ def saved_per_layer(spec: dict, mode: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--child", metavar="JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu", action="store_true", help="the GPU configurations: max_memory_allocated vs the estimate")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
+        return
+    if args.gpu:
+        gib = 2**30
+        print(f"{'configuration':28}{'estimate':>10}{'measured':>10}{'ratio':>8}{'reserved':>10}   GiB, one GPU, DDP (no wrapper)")
+        for name, spec in GPU_CONFIGS:
+            ours, result = estimate(spec), measure(spec, default_malloc=True)
+            print(f"{name:28}{ours.peak / gib:>10.2f}{result['growth'] / gib:>10.2f}{ours.peak / result['growth']:>8.3f}"
+                  f"{result['reserved'] / gib:>10.2f}   {result['device']}")
         return
     from raylm.plan.plan import layer_activation_bytes, meta_model, shapes_of
 
@@ -193,19 +225,21 @@ def main() -> None:
 
     # The per-layer constant from two depths: what four more blocks add, less their weights and AdamW
     # moments (12 bytes a parameter) and, under autocast, their bf16 copies (2 bytes).
-    for two, six, extra, unit in (("activations", "activations, 6 layers", 0, "fp32 values"),
-                                  ("autocast, 2 layers", "autocast, 6 layers", 2, "bytes")):
-        spec = dict(CONFIGS + AUTOCAST_CONFIGS)[two]
-        grow = measured[six]["growth"] - measured[two]["growth"]
-        params = measured[six]["parameters"] - measured[two]["parameters"]
-        per_layer = (grow - (12 + extra) * params) / 4 / (spec["B"] * spec["T"])
-        per_h = per_layer / spec["h"] / (4 if unit == "fp32 values" else 1)
-        print(f"\nper block per token, {two} -> 6 (n_embd {spec['h']}, SwiGLU ffn {model_config(spec).ffn_size}): "
-              f"{per_layer:.0f} bytes = {per_h:.1f} x n_embd {unit}", end="")
     print()
+    specs = dict(CONFIGS + AUTOCAST_CONFIGS)
+    for few, more, extra, policy, unit in (("activations", "activations, 6 layers", 0, "fp32", "fp32 values"),
+                                          ("autocast, 2 layers", "autocast, 6 layers", 2, "bf16 autocast", "bytes")):
+        spec = specs[few]
+        layers = specs[more]["L"] - spec["L"]
+        grow = measured[more]["growth"] - measured[few]["growth"]
+        params = measured[more]["parameters"] - measured[few]["parameters"]
+        per_layer = (grow - (12 + extra) * params) / layers / (spec["B"] * spec["T"])
+        per_h = per_layer / spec["h"] / (4 if unit == "fp32 values" else 1)
+        print(f"per block per token, measured from {spec['L']} -> {specs[more]['L']} layers, {policy} (n_embd {spec['h']}, "
+              f"SwiGLU ffn {model_config(spec).ffn_size}): {per_layer:.0f} bytes = {per_h:.1f} x n_embd {unit}")
 
     print("\nsaved for backward per token in one block, bytes: formula / saved-tensor hooks")
-    for name, spec in [("SwiGLU", two), ("GELU, GQA", dict(CONFIGS)["GELU, GQA"])]:
+    for name, spec in [("SwiGLU", dict(CONFIGS)["activations"]), ("GELU, GQA", dict(CONFIGS)["GELU, GQA"])]:
         s = shapes_of(meta_model(model_config(spec)))
         cells = []
         for mode in ("fp32", "autocast", "bf16"):
