@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -219,6 +221,19 @@ def test_the_table_shows_every_part_and_marks_the_configs_strategy(capsys):
     assert "cost unknown: set plan.price_per_gpu_hour" in out  # a KubeRay group names no instance type
     assert "train.workers=[2, 8] is planned at its max; on 2 workers a step takes 4x as long" in out
     assert "Chinchilla: ~20 tokens per parameter" in out and "train.use_gpu=true" in out
+
+
+def test_a_config_file_and_overrides_plan_without_importing_ray(tmp_path):
+    """--config and KEY=VALUE as every command takes them, in a fresh process that never imports Ray
+    (plan is for before any cluster exists)."""
+    (tmp_path / "run.yaml").write_text("model:\n  preset: shakespeare\ntrain:\n  workers: 4\n  batch_size: 2\n")
+    code = ("import json, sys; from raylm.cli import main; code = main(['plan', '--json', '--config', 'run.yaml', "
+            "'train.batch_size=3']); assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules), 'ray'; "
+            "sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["model"]["preset"] == "shakespeare" and plan["run"]["workers"] == 4 and plan["run"]["batch_size"] == 3
 
 
 def test_help_lists_the_plan_keys(capsys):
