@@ -55,10 +55,11 @@ MEASURED_MFU = {False: 0.191, True: 0.316}  # train.compile off / on
 MFU_SOURCE = "BENCHMARKS.md: gpt2-124m, 16 x 1,024, one H200, {}"
 
 # On-demand list prices (USD per instance-hour, Linux) of the instance types the cluster YAMLs use,
-# from the providers' public price lists: AWS us-west-2 (aws.amazon.com/ec2/pricing/on-demand, after
-# the June 2025 P5 price cut), Google Cloud us-central1 (cloud.google.com/compute/vm-instance-pricing,
-# machine + GPUs). Recorded in 2025 and not re-checked since (the build machine has no web access on
-# 2026-12-01): prices change and differ by region, so set plan.price_per_gpu_hour for a real budget.
+# as the providers' public price lists gave them in 2025: AWS us-west-2 (aws.amazon.com/ec2/pricing/
+# on-demand, after the June 2025 P5 price cut), Google Cloud us-central1 (cloud.google.com/compute/
+# vm-instance-pricing, machine + GPUs). Transcribed, not fetched: the machine this was written on had
+# no web access to re-check them on 2026-12-01. Prices change and differ by region and contract, so
+# set plan.price_per_gpu_hour for a real budget.
 LIST_PRICES = {
     "p5.48xlarge": 55.04,     # 8x H100 80 GB
     "g6.xlarge": 0.8048,      # 1x L4
