@@ -22,12 +22,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, count, islice
+from itertools import islice
 
 import numpy as np
 
 from raylm.config import CodeRules, FiltersConfig, WebRules
-from raylm.data.words import spacy_words
+from raylm.data.words import spacy_word_ids
 
 # Gopher quality (Rae et al. 2021, app. A1).
 _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "–", "-", "*", "·")
@@ -134,7 +134,7 @@ def _gopher_repetition_reason(text: str, words: list[str], rules: WebRules) -> s
         if repeated_chars / len(text) > max_chars_fraction:
             return chars_reason
 
-    ngrams = _WordNgrams(spacy_words(words))
+    ngrams = _WordNgrams(*spacy_word_ids(words))
     # A longer n-gram can only repeat where its shorter prefix repeats, so once no n-gram repeats
     # (a score of 0) the longer ones are skipped: they score 0 too. Hence ascending n.
     for n, max_fraction in sorted(rules.max_top_ngram_chars_fraction.items()):
@@ -144,7 +144,7 @@ def _gopher_repetition_reason(text: str, words: list[str], rules: WebRules) -> s
         if not top_chars:
             break
     for n, max_fraction in sorted(rules.max_duplicate_ngram_chars_fraction.items()):
-        duplicate_chars = ngrams.duplicate_chars(n)
+        duplicate_chars = ngrams.duplicate_chars(n, stop_above=int(max_fraction * len(text)))
         if duplicate_chars / len(text) > max_fraction:
             return f"web_duplicate_{n}gram"
         if not duplicate_chars:
@@ -294,57 +294,59 @@ class _WordNgrams:
     """The repeated word n-grams of one document, found once per n and shared by the top and
     duplicate n-gram rules.
 
-    Each n-gram is named by where it first occurs, so n-grams are compared as integers: the n-gram
-    at i is the (n-1)-gram at i followed by the (n-1)-gram at i+1, which makes its name from those
-    two names, and it can only repeat where both of them repeat. Each n costs a sort of the
-    positions still in play (numpy), not a tuple of words per position."""
+    Words come as token ids, and a longer n-gram is named by where it first occurs, so n-grams are
+    compared as integers: the n-gram at i is the (n-1)-gram at i followed by the (n-1)-gram at i+1,
+    so it is named from those two names, and it can only repeat where both of them repeat. Each n
+    costs a sort of the positions still in play (numpy), not a tuple of words per position."""
 
-    def __init__(self, words: list[str]) -> None:
-        first_seen: dict[str, int] = {}
-        names = np.fromiter(map(first_seen.setdefault, words, count()), np.int64, len(words))
-        self._size = len(words)
-        self._offsets = list(accumulate(map(len, words), initial=0))  # characters before each word
-        self._levels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        repeated = np.bincount(names, minlength=len(words))[names] > 1 if len(words) else names.astype(bool)
-        self._names = {1: np.where(repeated, names, -1)}  # per n: each start's n-gram name, -1 if it occurs once
+    def __init__(self, word_ids: np.ndarray, word_lengths: np.ndarray) -> None:
+        self._size = size = len(word_ids)
+        self._key_base = max(int(word_ids.max()) if size else 0, size) + 1  # above every name, of every level
+        self._offsets = np.concatenate([[0], np.cumsum(word_lengths)]).tolist()  # characters before each word
+        self._counted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        counts, _, which = _group(word_ids)
+        self._names = {1: np.where(counts[which] > 1, word_ids, -1)}  # per n: each start's name, -1 if it occurs once
 
-    def _level(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _count(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """For the n-grams whose two (n-1)-grams both repeat: their starts, each distinct one's
         count and first start, and which distinct one each start holds."""
-        if n not in self._levels:
-            shorter = self._names[n - 1] if n - 1 in self._names else self._name(n - 1)
+        if n not in self._counted:
+            shorter = self._level(n - 1)
             left, right = shorter[:-1], shorter[1:]
             starts = np.flatnonzero((left >= 0) & (right >= 0))
-            keys = left[starts] * (self._size + 1) + right[starts]
-            _, first, which, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-            self._levels[n] = (starts, counts, starts[first], which)
-        return self._levels[n]
+            keys = left[starts] * self._key_base + right[starts]
+            counts, first, which = _group(keys)
+            self._counted[n] = (starts, counts, starts[first], which)
+        return self._counted[n]
 
-    def _name(self, n: int) -> np.ndarray:
-        starts, counts, first_starts, which = self._level(n)
-        names = np.full(max(self._size - n + 1, 0), -1, np.int64)
-        repeated = counts[which] > 1
-        names[starts[repeated]] = first_starts[which[repeated]]
-        self._names[n] = names
-        return names
+    def _level(self, n: int) -> np.ndarray:
+        """Each start's n-gram name, -1 where that n-gram occurs once."""
+        if n not in self._names:
+            starts, counts, first_starts, which = self._count(n)
+            names = np.full(max(self._size - n + 1, 0), -1, np.int64)
+            repeated = counts[which] > 1
+            names[starts[repeated]] = first_starts[which[repeated]]
+            self._names[n] = names
+        return self._names[n]
 
     def top_chars(self, n: int) -> int:
         """Characters of the most frequent n-gram (its words and the spaces between them) times its
         count; 0 if no n-gram repeats, since a phrase that occurs once is not repetition. Of equally
         frequent ones, the first to occur (as Counter.most_common has it)."""
-        _, counts, first_starts, _ = self._level(n)
-        if not len(counts) or counts.max() < 2:
+        _, counts, first_starts, _ = self._count(n)
+        top = int(counts.max()) if len(counts) else 0
+        if top < 2:
             return 0
-        top = counts.max()
         start = int(first_starts[counts == top].min())
-        return (self._offsets[start + n] - self._offsets[start] + n - 1) * int(top)
+        return (self._offsets[start + n] - self._offsets[start] + n - 1) * top
 
-    def duplicate_chars(self, n: int) -> int:
+    def duplicate_chars(self, n: int, stop_above: int | None = None) -> int:
         """Characters of the n-grams (their words, without spaces) that repeat one seen before, read
         from the start and jumping past each repeat, so overlapping repeats count once and a first
         occurrence not at all: datatrove's count. Only starts of repeated n-grams can be repeats, so
-        the scan visits just those; the others only move it on by a word."""
-        names = self._names[n] if n in self._names else self._name(n)
+        the scan visits just those; the others only move it on by a word. The count stops once it
+        passes `stop_above`: the rule only asks whether it does."""
+        names = self._level(n)
         starts = np.flatnonzero(names >= 0)
         offsets, seen = self._offsets, set()
         position = chars = 0
@@ -354,6 +356,23 @@ class _WordNgrams:
             if name in seen:
                 chars += offsets[start + n] - offsets[start]
                 position = start + n
+                if stop_above is not None and chars > stop_above:
+                    break
             else:
                 seen.add(name)
         return chars
+
+
+def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique's counts, first indices and inverse, from one unstable sort (np.unique's stable
+    one, for the first indices, costs several times as much)."""
+    order = keys.argsort()
+    ordered = keys[order]
+    new = np.ones(len(keys), bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    group_starts = np.flatnonzero(new)
+    which = np.empty(len(keys), np.int64)
+    which[order] = np.cumsum(new) - 1
+    if not len(keys):
+        return group_starts, group_starts, which
+    return np.diff(group_starts, append=len(keys)), np.minimum.reduceat(order, group_starts), which

@@ -15,6 +15,9 @@ import functools
 import re
 import unicodedata
 from collections.abc import Iterable
+from itertools import chain
+
+import numpy as np
 
 # Character classes of spaCy's English rules. Letters are str.isalpha, and its cased classes are
 # the cased letters plus the uncased ones; "icons" are the Unicode symbols (category So).
@@ -30,7 +33,7 @@ _PERIOD_SPLITS_AFTER = frozenset("0123456789%²-+|") | _PUNCT | _QUOTES  # and l
 _DIGITS = frozenset("0123456789")
 _HYPHENS = ("-", "–", "—", "--", "---", "——", "~")
 _INFIX_CHAR = re.compile(r"[.…,+\-*^–—~:<>=/\x80-\U0010ffff]")  # where an infix rule may match (non-ASCII: icons)
-_TRAILING_DIGIT = re.compile(r"\d(?=\D*$)", re.ASCII)
+_UNIT_AFTER_DIGIT = re.compile(r"(?s:.*)\d(\D{1,4})", re.ASCII)  # fullmatched on a chunk's last 5 characters
 # spaCy's URL rule, shortened: an optional scheme or user, then dotted host labels and a lowercase
 # top-level domain, an optional port and path. Unlike infixes, it keeps "www.gnu.org/licenses/" whole.
 _URL = re.compile(r"(?:[\w+.-]{2,}://)?(?:\S+(?::\S*)?@)?(?:(?:[A-Za-z0-9\u00a1-\uffff][A-Za-z0-9\u00a1-\uffff_-]{0,62})?"
@@ -124,6 +127,8 @@ def _is_upper(char: str) -> bool:
 def _prefix_length(chunk: str) -> int:
     """The length of spaCy's prefix at the start of `chunk` (0: none): its first matching rule."""
     first = chunk[0]
+    if first.isalnum():  # no prefix starts with a letter or digit
+        return 0
     if first in _PREFIX_CHARS or first == "+" and chunk[1:2] not in _DIGITS:
         return 1
     if chunk.startswith("US$"):
@@ -145,8 +150,8 @@ def _suffix_length(chunk: str) -> int:
         best = n - len(chunk.rstrip("."))
     elif chunk.endswith(("……", "'s", "'S", "’s", "’S")):
         best = 2
-    if digit := _TRAILING_DIGIT.search(chunk):  # a number followed by a unit or currency, or "+"
-        tail = chunk[digit.end():]
+    if unit := _UNIT_AFTER_DIGIT.fullmatch(chunk, max(0, n - 5)):  # a number and a unit, currency or "+"
+        tail = unit.group(1)
         if tail in _AFTER_DIGITS or tail == "+":
             best = max(best, len(tail))
     if last == "." and n > 1 and not best:
@@ -276,19 +281,49 @@ def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[st
     return (*prefixes, *middle, *reversed(suffixes))
 
 
-_PIECES: dict[str, tuple[str, ...]] = {}
-_MAX_CACHED_CHUNKS = 1 << 20  # ~100 MB at most; cleared when full
+class _Vocabulary:
+    """The process's tokens as integer ids, and each chunk it has split as the ids of its tokens:
+    real text repeats its chunks, so most are split once. Cleared when it holds many (~100 MB)."""
+
+    MAX_CHUNKS = 1 << 20
+
+    def __init__(self) -> None:
+        self.chunk_ids: dict[str, tuple[int, ...]] = {}
+        self.token_ids: dict[str, int] = {}
+        self.tokens: list[str] = []
+        self.lengths = np.zeros(1 << 16, np.int64)  # characters of each token id
+
+    def ids(self, chunks: list[str]) -> np.ndarray:
+        if len(self.chunk_ids) >= self.MAX_CHUNKS:
+            self.__init__()
+        for chunk in set(chunks).difference(self.chunk_ids):
+            pieces = _split(chunk)
+            ids = tuple(map(self.token_ids.get, pieces))
+            self.chunk_ids[chunk] = ids if None not in ids else tuple(map(self._token_id, pieces))
+        return np.fromiter(chain.from_iterable(map(self.chunk_ids.__getitem__, chunks)), np.int64)
+
+    def _token_id(self, token: str) -> int:
+        token_id = self.token_ids.get(token)
+        if token_id is None:
+            token_id = self.token_ids[token] = len(self.tokens)
+            self.tokens.append(token)
+            if token_id == len(self.lengths):
+                self.lengths = np.concatenate([self.lengths, np.zeros_like(self.lengths)])
+            self.lengths[token_id] = len(token)
+        return token_id
 
 
-def spacy_words(chunks: Iterable[str]) -> list[str]:
-    """The tokens spaCy's English tokenizer makes of a text, given its whitespace-separated
-    chunks (str.split()), as datatrove keeps them (whitespace tokens dropped)."""
-    pieces, words = _PIECES, []
-    for chunk in chunks:
-        split = pieces.get(chunk)
-        if split is None:
-            if len(pieces) >= _MAX_CACHED_CHUNKS:
-                pieces.clear()
-            split = pieces[chunk] = _split(chunk)
-        words += split
-    return words
+_VOCABULARY = _Vocabulary()
+
+
+def spacy_word_ids(chunks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens spaCy's English tokenizer makes of a text, given its whitespace-separated chunks
+    (str.split()), as ids (equal tokens, equal ids, within this process) and their lengths in
+    characters: what n-gram counting needs, without a string per token."""
+    ids = _VOCABULARY.ids(chunks)
+    return ids, _VOCABULARY.lengths[ids]
+
+
+def spacy_words(chunks: list[str]) -> list[str]:
+    """The tokens themselves, as datatrove keeps them (whitespace tokens dropped)."""
+    return [_VOCABULARY.tokens[token_id] for token_id in _VOCABULARY.ids(chunks).tolist()]
