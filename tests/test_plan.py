@@ -194,20 +194,6 @@ def test_the_vocabulary_and_sequence_come_from_the_prepared_data_when_the_config
     assert plan_json("model.preset=shakespeare", capsys=capsys)["model"]["vocab_size"] == 8192  # data.tokenizer's
 
 
-def test_the_step_plan_is_the_training_loops():
-    """raylm.train.schedule.step_plan (free of Ray, for plan) counts steps as the loop's does."""
-    from raylm.train import loop, schedule
-
-    for overrides in ([], ["train.tokens_per_step=100000"], ["train.max_tokens=123456", "train.tokens_per_step=9000"],
-                      ["train.workers=[2, 6]", "train.max_tokens=10000000"]):
-        train = load_config(None, overrides).train
-        for seq_len in (64, 1000):
-            assert schedule.step_plan(train, seq_len, train.max_workers) == loop.step_plan(train, seq_len, train.max_workers)
-
-
-# -------------------------------------------------------------------------------- the command
-
-
 def test_the_table_shows_every_part_and_marks_the_configs_strategy(capsys):
     assert main(["plan", "model.preset=gpt2-124m", "model.vocab_size=50257", "train.strategy=fsdp",
                  "train.workers=[2, 8]", "--cluster", KUBERAY, "--node-type", "gpu-large"]) == 0

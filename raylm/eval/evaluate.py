@@ -26,7 +26,8 @@ from raylm.data.tokenizer import TokenizerFiles, encode_documents
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
 from raylm.train.checkpoint import load_model
-from raylm.train.trainer import DATA_CPUS, read_manifest, rows_per_window
+from raylm.train.schedule import rows_per_window
+from raylm.train.trainer import DATA_CPUS, read_manifest
 
 BATCH = 16  # windows per forward pass
 RAY_WINDOWS = 4096  # more windows than this are scored on Ray

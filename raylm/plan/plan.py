@@ -43,7 +43,7 @@ from raylm.config import Config, ModelConfig
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
 from raylm.train.metrics import GPU_MEMORY_BYTES, PEAK_BF16_FLOPS, duration
-from raylm.train.schedule import step_plan
+from raylm.train.schedule import rows_per_window, step_plan
 
 GiB = 2**30
 CHINCHILLA_TOKENS_PER_PARAMETER = 20  # Hoffmann et al. 2022: compute-optimal tokens grow with parameters, ~20:1
@@ -339,7 +339,7 @@ def training_shape(config: Config) -> tuple[ModelConfig, int, str, str]:
     """The model with its vocabulary, the sequence length the loop trains on, and where each came
     from: model.vocab_size, else the prepared train.data's tokenizer, else the tokenizer prepare
     would train; the data's windows (its manifest, else data.seq_len), as rows of at most the
-    model's context (raylm.train.trainer.rows_per_window)."""
+    model's context, as training takes them."""
     model, manifest = config.model, None
     path = Path(config.train.data) / "manifest.json"
     if "://" not in config.train.data and path.is_file():
@@ -354,12 +354,11 @@ def training_shape(config: Config) -> tuple[ModelConfig, int, str, str]:
         vocab_from = "data.tokenizer.vocab_size, the tokenizer prepare trains; set model.vocab_size for another"
     seq_len, seq_from = (manifest["seq_len"], f"the windows of {config.train.data}") if manifest else (
         config.data.seq_len, "data.seq_len")
-    if seq_len > model.block_size:
-        if seq_len % model.block_size:
-            raise RaylmError(f"{seq_from} ({seq_len}) is larger than model.block_size ({model.block_size}) and not a "
-                             "multiple of it: training would refuse it")
+    rows = rows_per_window(seq_len, model.block_size, f"{seq_from} ({seq_len})",
+                           "prepare with data.seq_len equal to it or a multiple of it")
+    if rows > 1:
         seq_from += f", as rows of model.block_size {model.block_size}"
-        seq_len = model.block_size
+        seq_len //= rows
     return model, seq_len, vocab_from, seq_from
 
 

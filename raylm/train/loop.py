@@ -32,7 +32,7 @@ from raylm.train.checkpoint import (ModelSource, checkpoint_name, latest_complet
                                    save_checkpoint)
 from raylm.train.metrics import RunLog, peak_flops
 from raylm.train.parallelize import gradient_sync, parallelize, unwrap
-from raylm.train.schedule import learning_rate
+from raylm.train.schedule import learning_rate, step_plan
 
 FAULT_MARKER = "fault-injected"
 START = "start.json"
@@ -80,7 +80,9 @@ class Batches:
         shuffle = {"local_shuffle_buffer_size": self.shuffle_buffer, "local_shuffle_seed": self.seed + self.epoch} if self.shuffle_buffer else {}
         batches = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True, **shuffle))
         for _ in range(skip):
-            next(batches)
+            if next(batches, None) is None:  # a share smaller than the saved position: more workers now
+                self.epoch, self.consumed = self.epoch + 1, 0
+                return self._epoch(skip=0)
         return batches
 
     def next(self) -> dict[str, torch.Tensor]:
@@ -102,16 +104,6 @@ def inputs_and_targets(batch: dict[str, torch.Tensor], device) -> tuple[torch.Te
         keep = batch["loss_mask"][:, 1:].to(device=device, non_blocking=True).bool()
         targets = targets.masked_fill(~keep, IGNORE_INDEX)
     return tokens[:, :-1], targets
-
-
-def step_plan(train: TrainConfig, seq_len: int, world: int) -> tuple[int, int, int]:
-    """(micro-steps per optimizer step, tokens per step, planned steps): gradient accumulation up to
-    train.tokens_per_step, and max_steps or fewer when the token budget ends the run sooner."""
-    per_micro_step = train.batch_size * seq_len * world
-    accumulate = max(1, round(train.tokens_per_step / per_micro_step)) if train.tokens_per_step else 1
-    tokens_per_step = per_micro_step * accumulate
-    planned = min(train.max_steps, math.ceil(train.max_tokens / tokens_per_step)) if train.max_tokens else train.max_steps
-    return accumulate, tokens_per_step, planned
 
 
 def train_loop_per_worker(payload: dict) -> None:
@@ -178,7 +170,7 @@ def train_loop_per_worker(payload: dict) -> None:
         for micro in range(accumulate):
             inputs, targets = inputs_and_targets(batches.next(), device)
             with gradient_sync(model, enabled=micro == accumulate - 1), autocast:
-                _, loss = model(inputs, targets)
+                loss = model(inputs, targets)[1]  # not the logits: held, they would outlive the next forward
                 (loss / accumulate).backward()
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip or float("inf"))
@@ -290,7 +282,7 @@ def _step_metrics(state, loss, grad_norm, lr, tokens_per_step, step_seconds, flo
     return {
         "step": state["step"], "loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(), "tokens": state["tokens"],
         "tokens_per_s": tokens_per_s, "step_ms": step_seconds * 1e3, "train_seconds": round(state["train_seconds"], 3),
-        "mfu": flops_per_token * tokens_per_s / (peak * world) if peak else None,
+        "mfu": flops_per_token * tokens_per_s / (peak * world) if peak else None, "workers": world,
     }
 
 
@@ -308,7 +300,7 @@ def _evaluate(model, shard, train: TrainConfig, device, autocast, tokens_per_byt
             if not count:
                 continue
             with autocast:
-                _, loss = model(inputs, targets)
+                loss = model(inputs, targets)[1]  # not the logits: held, they would outlive the next forward
             totals += torch.stack([loss.double() * count, count.double()])
     model.train()
     dist.all_reduce(totals)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from raylm.config import TrainConfig
+from raylm.errors import RaylmError
 
 WARMUP_BUDGET_SHARE = 0.1  # warmup ends by 10% of the budget, whatever train.warmup_steps says
 
@@ -21,6 +22,16 @@ def step_plan(train: TrainConfig, seq_len: int, world: int) -> tuple[int, int, i
     tokens_per_step = per_micro_step * accumulate
     planned = min(train.max_steps, math.ceil(train.max_tokens / tokens_per_step)) if train.max_tokens else train.max_steps
     return accumulate, tokens_per_step, planned
+
+
+def rows_per_window(seq_len: int, block_size: int, what: str, fix: str) -> int:
+    """1 for windows that fit the model's context; k for windows of k contexts; else an error."""
+    if seq_len <= block_size:
+        return 1
+    if seq_len % block_size:
+        raise RaylmError(f"{what} is larger than model.block_size ({block_size}) and not a multiple of it; {fix}, "
+                         "or raise model.block_size")
+    return seq_len // block_size
 
 
 def learning_rate(step: int, progress: float, config: TrainConfig) -> float:

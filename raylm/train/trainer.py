@@ -30,7 +30,8 @@ from raylm.errors import RaylmError
 from raylm.data.instructions import InstructionSet
 from raylm.train.checkpoint import ModelSource, latest_complete, model_source, saved_state
 from raylm.train import schedule
-from raylm.train.loop import step_plan, train_loop_per_worker
+from raylm.train.loop import train_loop_per_worker
+from raylm.train.schedule import rows_per_window, step_plan
 
 MANIFEST = "manifest.json"
 DATA_CPUS = 1.0  # left to Ray Data: its file-listing and read tasks each need a whole CPU
@@ -85,16 +86,6 @@ def fit_to_context(config: Config, manifest: dict) -> tuple[Config, int]:
                            "prepare with data.seq_len equal to it or a multiple of it")
     check_batch(config, manifest["splits"]["train"]["sequences"] * rows)
     return config.model_copy(update={"data": config.data.model_copy(update={"seq_len": seq_len // rows})}), rows
-
-
-def rows_per_window(seq_len: int, block_size: int, what: str, fix: str) -> int:
-    """1 for windows that fit the model's context; k for windows of k contexts; else an error."""
-    if seq_len <= block_size:
-        return 1
-    if seq_len % block_size:
-        raise RaylmError(f"{what} is larger than model.block_size ({block_size}) and not a multiple of it; {fix}, "
-                         "or raise model.block_size")
-    return seq_len // block_size
 
 
 def check_batch(config: Config, train_rows: int) -> None:
@@ -174,12 +165,19 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
     storage.write_bytes(storage.join(run_dir, "config.yaml"), dump_config(config).encode())
     job.tokenizer.write(run_dir)
 
+    low, high = train.worker_range
+    if low < high:
+        log(f"{job.command}: elastic, {low} to {high} workers: it starts with what the cluster has, goes on with fewer "
+            f"when a node is lost{'' if train.max_failures else ' (but train.max_failures=0 ends the run then)'} and grows "
+            f"back when nodes return; each change resumes from the newest checkpoint, with "
+            + ("the same tokens per step" if train.tokens_per_step else "tokens per step following the worker count "
+               "(set train.tokens_per_step to keep them)"))
     resume = latest_complete(run_dir, warn=log)
     if resume:
         saved = saved_state(resume)
-        note = "" if saved["world_size"] == train.workers else (
-            f"; it was saved by {saved['world_size']} workers and this run has {train.workers}, so the data order "
-            "from here on is not the one an uninterrupted run would have seen")
+        note = "" if low == high == saved["world_size"] else (
+            f"; it was saved by {saved['world_size']} workers and this run has {train.workers if low == high else 'up to %d' % high}, "
+            "so the data order from here on is not the one an uninterrupted run would have seen")
         log(f"{job.command}: resuming from step {saved['step']} ({resume}){note}")
 
     splits, val_tokens_per_byte = _datasets(job)
@@ -203,7 +201,8 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
             "console_prefix": job.console_prefix,
         },
         scaling_config=ScalingConfig(num_workers=train.workers, use_gpu=train.use_gpu,
-                                     resources_per_worker={"CPU": reserved}),
+                                     resources_per_worker={"CPU": reserved},
+                                     elastic_resize_monitor_interval_s=train.resize_check_seconds),
         run_config=RunConfig(
             name=train.name,
             storage_path=storage_path,
