@@ -339,6 +339,8 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(200, ge=1, description="Steps between checkpoints (and one at the end).")
     keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
     max_failures: int = Field(0, ge=-1, description="Worker-group restarts from the latest checkpoint after a failure (-1: unlimited).")
+    resize_check_seconds: float = Field(60.0, gt=0, description="Elastic runs (train.workers=[min, max]): how often a "
+                                        "running group checks whether more workers fit now, to grow back to max.")
     fault_at_step: int | None = Field(None, ge=1, description="TEST ONLY: the rank-0 worker process dies once when it reaches this step.")
     shuffle_buffer: int = Field(1024, ge=0, description="Rows in each worker's local shuffle buffer (0: no shuffle).")
     seed: int = Field(0, description="Seed of weights, data order and dropout.")

@@ -1,8 +1,9 @@
 """raylm on real Ray clusters started on this machine the way a user starts them:
 
 - two nodes (`ray start --head` on loopback with token auth, and `ray start --address` for a
-  worker): `ray job submit` runs prepare; pretrain across both nodes, which loses the worker node
-  mid-run and resumes when it is back, then is stopped by `ray job stop`; the same pretrain
+  worker): `ray job submit` runs prepare; an elastic pretrain across both nodes, which loses the
+  worker node mid-run, goes on with one worker and grows back to two when the node returns, then
+  is stopped by `ray job stop`; the same pretrain
   submitted again, which resumes and finishes; and evaluate, with every path on s3:// (moto on loopback).
   A client without the cluster's token is refused; the nodes' S3 secret appears in no output and
   no job log.
@@ -181,25 +182,39 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="prepared/")["Contents"]}
     assert {"prepared/tokenizer.json", "prepared/config.yaml"} <= keys and not any(".staging-" in k for k in keys)
 
-    # pretrain across both nodes, allowed to retry forever. Once it has checkpointed, the worker node
-    # (with the rank-1 worker) goes away and comes back: the run resumes
-    # from its newest S3 checkpoint. Then `ray job stop`, and the same command submitted again (SDK)
-    # with the same run name resumes and finishes.
+    # An elastic pretrain ([1, 2] workers) across both nodes, allowed to retry forever. Once it has
+    # checkpointed, the worker node (with the rank-1 worker) goes away: the run resumes from its
+    # newest S3 checkpoint on the head's one worker without waiting for the node, and when the node
+    # is back it grows to 2 workers again. Then `ray job stop`, and the same command submitted again
+    # (SDK) with the same run name resumes and finishes.
     pretrain = ["python", "jobs/pretrain.py", "model.preset=tiny", "train.data=s3://lm-cluster/prepared",
-                "train.storage=s3://lm-cluster/runs", "train.workers=2", "train.batch_size=8", "train.log_every=2",
-                "train.eval_every=6", "train.checkpoint_every=6", "train.max_failures=-1", f"s3.endpoint_url={endpoint}"]
+                "train.storage=s3://lm-cluster/runs", "train.workers=[1,2]", "train.batch_size=8", "train.log_every=2",
+                "train.eval_every=6", "train.checkpoint_every=6", "train.max_failures=-1", "train.resize_check_seconds=2",
+                f"s3.endpoint_url={endpoint}"]
     out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--no-wait", "--", *pretrain,
                   "train.max_steps=100000", env=env)
     job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
     wait_while_running(job, address, env, until=lambda: latest_step() >= 6)
+    assert "2 workers on 2 nodes" in job_logs(address, job, env)
     node.kill()
     while any(n["state"] == "ALIVE" for n in nodes(env, gcs) if not n["is_head_node"]):
         time.sleep(0.5)
+
+    def resumed_after(marker: str) -> int | None:
+        """The step the run resumed from after the job log's last `marker` line, if it has yet."""
+        found = re.findall(r"resumed from step (\d+)", job_logs(address, job, env).rpartition(marker)[2])
+        return int(found[0]) if found and marker in job_logs(address, job, env) else None
+
+    wait_while_running(job, address, env, until=lambda: resumed_after("1 worker on 1 node") is not None)
+    resumed = resumed_after("1 worker on 1 node")
+    assert resumed >= 6
+    wait_while_running(job, address, env, until=lambda: latest_step() >= resumed + 6)  # on one worker, node still gone
     node.start()
-    wait_while_running(job, address, env, until=lambda: "resumed from step" in job_logs(address, job, env))
-    resumed = {int(step) for step in re.findall(r"resumed from step (\d+)", job_logs(address, job, env))}
-    assert len(resumed) == 1 and min(resumed) >= 6, resumed  # the newest whole checkpoint, however many tries
-    wait_while_running(job, address, env, until=lambda: latest_step() >= min(resumed) + 6)  # and on from there
+    wait_while_running(job, address, env, until=lambda: "2 workers on 2 nodes" in job_logs(address, job, env).rpartition(
+        "1 worker on 1 node")[2] and resumed_after("2 workers on 2 nodes") is not None)
+    grown = resumed_after("2 workers on 2 nodes")
+    assert grown >= resumed + 6
+    wait_while_running(job, address, env, until=lambda: latest_step() >= grown + 6)  # and on from there
     ray_cli("job", "stop", f"--address={address}", job, env=env)
     assert "was stopped" in ray_cli("job", "status", f"--address={address}", job, env=env).stdout
     assert "2 workers on 2 nodes" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout
@@ -208,8 +223,14 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     assert f"resuming from step {last}" in logs
     assert "Execution plan" not in logs and "(RayTrainWorker" not in logs  # a job's log is as quiet as a console
     metrics = s3.get_object(Bucket="lm-cluster", Key="runs/pretrain/metrics.jsonl")["Body"].read().decode()
-    steps = [json.loads(line)["step"] for line in metrics.splitlines() if "loss" in line]
-    assert steps[-2:] == [last + 2, last + 4] and steps[0] == 2
+    records = {}  # a resumed run logs the steps it redid again: the later record wins (read_metrics)
+    for line in metrics.splitlines():
+        if "loss" in line:
+            records[json.loads(line)["step"]] = json.loads(line)
+    steps = [step for step in sorted(records) if step <= last + 4]  # (the stopped job may have logged past `last`)
+    assert steps == list(range(2, last + 5, 2))  # every logged step once: none lost, none twice
+    workers = [records[step]["workers"] for step in steps]  # 2, then 1 after the node went, then 2
+    assert workers[0] == 2 and 1 in workers and workers[workers.index(1):].count(2)
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="runs/")["Contents"]}
     assert any(k.startswith("runs/pretrain/tensorboard/events.out.tfevents.") for k in keys)
     logs = submit(address, "python jobs/evaluate.py --checkpoint s3://lm-cluster/runs/pretrain --json", env,

@@ -74,6 +74,9 @@ def test_override_errors_say_they_came_from_the_command_line(tmp_path):
         ("data.document_separator=(", "not a valid regular expression"),
         ("train.lr=-0.001", "train.lr: .*greater than 0"),
         ("data.fallback_encoding=latin-2000", "unknown encoding 'latin-2000'"),
+        ("train.workers=0", r"train.workers: must be a worker count like 2, or \[min, max\]"),
+        ("train.workers=[2, 1]", r"1 <= min <= max \(got \[2, 1\]\)"),
+        ("train.workers=[3]", r"train.workers: .*\(got \[3\]\)"),
     ],
 )
 def test_impossible_values_are_refused(override, fragment):
@@ -109,3 +112,10 @@ def test_credentials_in_a_url_are_refused_and_never_printed(capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"raylm: error: {key}: ") and "***@" in err and err.count("\n") == 1
         assert "wJalrXUtnFEMI" not in err and "hunter2" not in err and "AKIAIOSFODNN7EXAMPLE" not in err
+
+
+def test_workers_are_a_count_or_an_elastic_range():
+    fixed, elastic = load_config(None, ["train.workers=3"]).train, load_config(None, ["train.workers=[1, 4]"]).train
+    assert (fixed.worker_range, fixed.max_workers) == ((3, 3), 3)
+    assert (elastic.worker_range, elastic.max_workers) == ((1, 4), 4)
+    assert Config.model_validate(yaml.safe_load(dump_config(load_config(None, ["train.workers=[1, 4]"])))).train.workers == (1, 4)

@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from raylm.config import ModelConfig
 from raylm.model.gpt import GPT
-from raylm.train.loop import TrainingClock
+from raylm.train.loop import Batches, TrainingClock
 from raylm.train.parallelize import gradient_sync, parallelize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,3 +67,23 @@ def test_a_time_budget_synchronises_the_host_on_log_steps_only(one_rank, monkeyp
     calls.clear()
     no_budget.seconds(10, synchronise=True)
     assert calls == []  # a worker's own clock: nothing to agree on
+
+
+class _ListShard:
+    """The part of a dataset shard's interface Batches uses, over a list of rows."""
+
+    def __init__(self, rows: int):
+        self.rows = rows
+
+    def iter_torch_batches(self, batch_size: int, drop_last: bool = False):
+        return ({"tokens": torch.arange(start, start + batch_size)} for start in range(0, self.rows - batch_size + 1, batch_size))
+
+
+def test_a_saved_position_past_a_smaller_share_starts_the_next_epoch():
+    """Resumed on more workers (an elastic run growing back), each share is smaller than the one
+    the position was saved in: the stream moves to the next epoch instead of failing."""
+    batches = Batches(_ListShard(rows=12), batch_size=4, shuffle_buffer=0, seed=0, epoch=2, consumed=5)
+    assert (batches.epoch, batches.consumed) == (3, 0)
+    assert batches.next()["tokens"].tolist() == [0, 1, 2, 3] and batches.consumed == 1
+    resumed = Batches(_ListShard(rows=12), batch_size=4, shuffle_buffer=0, seed=0, epoch=2, consumed=2)
+    assert resumed.next()["tokens"].tolist() == [8, 9, 10, 11] and (resumed.epoch, resumed.consumed) == (2, 3)
