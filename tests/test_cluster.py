@@ -185,14 +185,17 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     # An elastic pretrain ([1, 2] workers) across both nodes, allowed to retry forever. Once it has
     # checkpointed, the worker node (with the rank-1 worker) goes away: the run resumes from its
     # newest S3 checkpoint on the head's one worker without waiting for the node, and when the node
-    # is back it grows to 2 workers again. Then `ray job stop`, and the same command submitted again
-    # (SDK) with the same run name resumes and finishes.
+    # is back it grows to 2 workers again. Then `ray job stop`, and the same run submitted again
+    # (SDK, 2 workers) resumes and finishes.
     pretrain = ["python", "jobs/pretrain.py", "model.preset=tiny", "train.data=s3://lm-cluster/prepared",
                 "train.storage=s3://lm-cluster/runs", "train.workers=[1,2]", "train.batch_size=8", "train.log_every=2",
                 "train.eval_every=6", "train.checkpoint_every=6", "train.max_failures=-1", "train.resize_check_seconds=2",
                 f"s3.endpoint_url={endpoint}"]
-    out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", "--no-wait", "--", *pretrain,
-                  "train.max_steps=100000", env=env)
+    # Killed at once, the node is still alive to Ray for a moment, so the first restart may try both
+    # workers again and wait for the worker-group start timeout (60 s by default) before taking one.
+    quick_start = json.dumps({"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15"}})
+    out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", f"--runtime-env-json={quick_start}",
+                  "--no-wait", "--", *pretrain, "train.max_steps=100000", env=env)
     job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
     wait_while_running(job, address, env, until=lambda: latest_step() >= 6)
     assert "2 workers on 2 nodes" in job_logs(address, job, env)
@@ -219,7 +222,10 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     assert "was stopped" in ray_cli("job", "status", f"--address={address}", job, env=env).stdout
     assert "2 workers on 2 nodes" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout
     last = latest_step()
-    logs = submit(address, " ".join([*pretrain, f"train.max_steps={last + 4}"]), env)
+    # A fixed-size resubmit: an elastic one would wait up to 3 minutes for the stopped run's claim on
+    # the cluster to expire (Ray Train's autoscaling coordinator keeps a request for 180 s).
+    fixed = [arg.replace("train.workers=[1,2]", "train.workers=2") for arg in pretrain]
+    logs = submit(address, " ".join([*fixed, f"train.max_steps={last + 4}"]), env)
     assert f"resuming from step {last}" in logs
     assert "Execution plan" not in logs and "(RayTrainWorker" not in logs  # a job's log is as quiet as a console
     metrics = s3.get_object(Bucket="lm-cluster", Key="runs/pretrain/metrics.jsonl")["Body"].read().decode()
