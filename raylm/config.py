@@ -351,11 +351,15 @@ class TrainConfig(StrictModel):
     @field_validator("workers", mode="before")
     @classmethod
     def _count_or_range(cls, workers: Any) -> Any:
-        counts = list(workers) if isinstance(workers, (list, tuple)) else [workers]
-        if len(counts) != (2 if isinstance(workers, (list, tuple)) else 1) or counts != sorted(counts) or not all(
-                isinstance(n, int) and n >= 1 for n in counts):
-            raise ValueError("must be a worker count like 2, or [min, max] like [1, 4] with 1 <= min <= max")
-        return tuple(workers) if isinstance(workers, (list, tuple)) else workers
+        def count(n: Any) -> bool:
+            return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+        if isinstance(workers, (list, tuple)):
+            if len(workers) == 2 and all(map(count, workers)) and workers[0] <= workers[1]:
+                return tuple(workers)
+        elif count(workers):
+            return workers
+        raise ValueError("must be a worker count like 2, or [min, max] like [1, 4] with 1 <= min <= max")
 
     @property
     def worker_range(self) -> tuple[int, int]:

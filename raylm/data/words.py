@@ -225,6 +225,7 @@ def _split(chunk: str) -> tuple[str, ...]:
             start += 1
     return tuple(joined)
 
+
 @functools.cache
 def _special_cases_cut_apart() -> tuple[dict[tuple[str, ...], tuple[str, ...]], int, frozenset[str]]:
     """The special cases that the prefix, suffix and infix rules split, keyed by those pieces; the
@@ -288,14 +289,18 @@ class _Vocabulary:
     MAX_CHUNKS = 1 << 20
 
     def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
         self.chunk_ids: dict[str, tuple[int, ...]] = {}
         self.token_ids: dict[str, int] = {}
         self.tokens: list[str] = []
         self.lengths = np.zeros(1 << 16, np.int64)  # characters of each token id
 
     def ids(self, chunks: list[str]) -> np.ndarray:
+        """The token ids of these chunks' tokens, in order, splitting the chunks not seen before."""
         if len(self.chunk_ids) >= self.MAX_CHUNKS:
-            self.__init__()
+            self.clear()
         for chunk in set(chunks).difference(self.chunk_ids):
             pieces = _split(chunk)
             ids = tuple(map(self.token_ids.get, pieces))

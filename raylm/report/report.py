@@ -111,6 +111,11 @@ def _si(number: float) -> str:
     return f"{number:g}"
 
 
+def _workers(worker_range: tuple[int, int]) -> str:
+    low, high = worker_range
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def summary_table(run: Run) -> Table:
     from raylm.train.metrics import duration
 
@@ -124,7 +129,7 @@ def summary_table(run: Run) -> Table:
         ["parameters", f"{params:,} ({_si(params)})"],
         ["data", train.data],
         ["optimisation", f"lr {train.lr:g}, {train.schedule} schedule, {train.warmup_steps} warmup steps, "
-                         f"{'-'.join(map(str, sorted(set(train.worker_range))))} workers x {train.batch_size} sequences"],
+                         f"{_workers(train.worker_range)} workers x {train.batch_size} sequences"],
         ["steps", f"{run.records[-1]['step']:,}"],
     ]
     if tokens := run.last("tokens"):

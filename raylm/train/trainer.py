@@ -176,7 +176,7 @@ def build_trainer(job: TrainingJob, log=print, callbacks: tuple = ()) -> TorchTr
     if resume:
         saved = saved_state(resume)
         note = "" if low == high == saved["world_size"] else (
-            f"; it was saved by {saved['world_size']} workers and this run has {train.workers if low == high else 'up to %d' % high}, "
+            f"; it was saved by {saved['world_size']} workers and this run has {high if low == high else f'up to {high}'}, "
             "so the data order from here on is not the one an uninterrupted run would have seen")
         log(f"{job.command}: resuming from step {saved['step']} ({resume}){note}")
 
