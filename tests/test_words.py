@@ -3,9 +3,12 @@ hand from spaCy's rules (benchmarks/filters_vs_datatrove.py compares with spaCy 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from raylm.config import FiltersConfig, WebRules
+from raylm.data import words
 from raylm.data.filters import apply_quality_filters
 from raylm.data.words import spacy_words
 
@@ -28,6 +31,11 @@ from raylm.data.words import spacy_words
                                                              "https://www.gnu.org/licenses/", ">", "."]),
     # An emoticon the rules would cut apart is put back together: Python's "):".
     ("def f(x): return x''", ["def", "f(x", "):", "return", "x", "''"]),
+    # A path splits at each / between words and at a hyphen before a letter; "07.run" is no sentence end.
+    ("libs/test/doc/decorator_07.run-fail.cpp", ["libs", "/", "test", "/", "doc", "/", "decorator_07.run", "-",
+                                                 "fail.cpp"]),
+    # The same rules for letters beyond ASCII (the general infix path): a hyphen, an ellipsis, a period before a capital.
+    ("naïve-idea café…then Zürich.Österreich", ["naïve", "-", "idea", "café", "…", "then", "Zürich", ".", "Österreich"]),
     # Whitespace of any kind only separates.
     ("  a\tb\n\nc ", ["a", "b", "c"]),
 ])
@@ -50,3 +58,13 @@ def test_a_phrase_repeats_however_it_is_punctuated():
     loose = FiltersConfig(profile="web", web=WebRules(**rules, max_duplicate_ngram_chars_fraction={3: fraction + 0.001}))
     assert apply_quality_filters(text, "record", tight).reason == "web_duplicate_3gram"
     assert apply_quality_filters(text, "record", loose).reason is None
+
+
+def test_the_ascii_infix_regex_is_the_infix_rules():
+    """On ASCII text the infixes come from one regex; `_infixes` defines them for every character.
+    The two must give the same spans on strings made of the characters the rules look at."""
+    generator = random.Random(15)
+    alphabet = "aZb9.-,:/~+*^'\"`<>=_x-"
+    for _ in range(100_000):
+        chunk = "".join(generator.choice(alphabet) for _ in range(generator.randint(1, 9)))
+        assert [m.span() for m in words._ASCII_INFIX.finditer(chunk, 1)] == list(words._infixes(chunk)), chunk

@@ -304,8 +304,8 @@ class _WordNgrams:
         self._key_base = max(int(word_ids.max()) if size else 0, size) + 1  # above every name, of every level
         self._offsets = np.concatenate([[0], np.cumsum(word_lengths)]).tolist()  # characters before each word
         self._counted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        counts, _, which = _group(word_ids)
-        self._names = {1: np.where(counts[which] > 1, word_ids, -1)}  # per n: each start's name, -1 if it occurs once
+        repeated = np.bincount(word_ids)[word_ids] > 1  # ids are small: a count per id, not a sort
+        self._names = {1: np.where(repeated, word_ids, -1)}  # per n: each start's name, -1 if it occurs once
 
     def _count(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """For the n-grams whose two (n-1)-grams both repeat: their starts, each distinct one's

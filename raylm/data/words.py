@@ -15,7 +15,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Iterable
-from itertools import chain
+from itertools import repeat
 
 import numpy as np
 
@@ -33,6 +33,14 @@ _PERIOD_SPLITS_AFTER = frozenset("0123456789%²-+|") | _PUNCT | _QUOTES  # and l
 _DIGITS = frozenset("0123456789")
 _HYPHENS = ("-", "–", "—", "--", "---", "——", "~")
 _INFIX_CHAR = re.compile(r"[.…,+\-*^–—~:<>=/\x80-\U0010ffff]")  # where an infix rule may match (non-ASCII: icons)
+# `_infixes` on ASCII text, written as spaCy writes its rules: one regex of the same rules in the same
+# order (its quotes are ' " ` and the comma). Each rule consumes its first character, so the
+# regex starts with their class and skips other characters in C; the rules then look back at it.
+# The function stays the definition for all of Unicode; a test holds the two equal on ASCII,
+# where this speed matters (paths and code).
+_ASCII_INFIX = re.compile(r"""[-.,+*^~:<>=/](?:(?<=\.)\.+|(?<=[0-9][-+*^])(?=[0-9-])|(?<=[a-z'"`,]\.)(?=[A-Z'"`,])"""
+                          r"|(?<=[A-Za-z],)(?=[A-Za-z])|(?<=[A-Za-z0-9]-)(?:|-|--)(?=[A-Za-z])|(?<=[A-Za-z0-9]~)(?=[A-Za-z])"
+                          r"|(?<=[A-Za-z0-9][:<>=/])(?=[A-Za-z]))")
 _UNIT_AFTER_DIGIT = re.compile(r"(?s:.*)\d(\D{1,4})", re.ASCII)  # fullmatched on a chunk's last 5 characters
 # spaCy's URL rule, shortened: an optional scheme or user, then dotted host labels and a lowercase
 # top-level domain, an optional port and path. Unlike infixes, it keeps "www.gnu.org/licenses/" whole.
@@ -272,7 +280,8 @@ def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[st
         middle = [rest]  # nothing to split at, or a URL
     elif rest:
         start = 0
-        for infix_start, infix_end in _infixes(rest):
+        spans = [match.span() for match in _ASCII_INFIX.finditer(rest, 1)] if rest.isascii() else _infixes(rest)
+        for infix_start, infix_end in spans:
             if infix_start != start:
                 middle.append(rest[start:infix_start])
             middle.append(rest[infix_start:infix_end])
@@ -283,8 +292,10 @@ def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[st
 
 
 class _Vocabulary:
-    """The process's tokens as integer ids, and each chunk it has split as the ids of its tokens:
-    real text repeats its chunks, so most are split once. Cleared when it holds many (~100 MB)."""
+    """The process's tokens as integer ids, and each chunk it has split as a run of token ids in
+    one flat array (chunk number -> start, size): real text repeats its chunks, so most are split
+    once, and a text's ids are gathered with a few numpy operations rather than per chunk in
+    Python. Cleared when it holds many chunks (~100 MB)."""
 
     MAX_CHUNKS = 1 << 20
 
@@ -292,30 +303,59 @@ class _Vocabulary:
         self.clear()
 
     def clear(self) -> None:
-        self.chunk_ids: dict[str, tuple[int, ...]] = {}
+        self.chunk_numbers: dict[str, int] = {}
         self.token_ids: dict[str, int] = {}
         self.tokens: list[str] = []
         self.lengths = np.zeros(1 << 16, np.int64)  # characters of each token id
+        self.starts = np.zeros(1 << 16, np.int64)  # per chunk number: where its token ids start in `flat`
+        self.sizes = np.zeros(1 << 16, np.int64)  # and how many it has
+        self.flat = np.zeros(1 << 16, np.int64)
+        self.flat_size = 0
 
     def ids(self, chunks: list[str]) -> np.ndarray:
         """The token ids of these chunks' tokens, in order, splitting the chunks not seen before."""
-        if len(self.chunk_ids) >= self.MAX_CHUNKS:
+        if len(self.chunk_numbers) >= self.MAX_CHUNKS:
             self.clear()
-        for chunk in set(chunks).difference(self.chunk_ids):
-            pieces = _split(chunk)
-            ids = tuple(map(self.token_ids.get, pieces))
-            self.chunk_ids[chunk] = ids if None not in ids else tuple(map(self._token_id, pieces))
-        return np.fromiter(chain.from_iterable(map(self.chunk_ids.__getitem__, chunks)), np.int64)
+        numbers = np.fromiter(map(self.chunk_numbers.get, chunks, repeat(-1)), np.int64, len(chunks))
+        new = np.flatnonzero(numbers < 0)
+        if len(new):
+            numbers[new] = [self._add(chunks[i]) for i in new.tolist()]
+        starts, sizes = self.starts[numbers], self.sizes[numbers]
+        if len(sizes) and sizes.max() == 1 and sizes.min() == 1:  # one token per chunk (prose)
+            return self.flat[starts]
+        # Token p of the text, in chunk k, is flat[starts[k] + p - (tokens before chunk k)].
+        shift = starts - np.cumsum(sizes) + sizes
+        return self.flat[np.repeat(shift, sizes) + np.arange(int(sizes.sum()))]
+
+    def _add(self, chunk: str) -> int:
+        """The chunk's number, splitting it and storing its token ids if it is new."""
+        number = self.chunk_numbers.get(chunk)
+        if number is not None:  # a repeat within the text being read
+            return number
+        ids = [self._token_id(piece) for piece in _split(chunk)]
+        number = self.chunk_numbers[chunk] = len(self.chunk_numbers)
+        self.starts, self.sizes = _room(self.starts, number + 1), _room(self.sizes, number + 1)
+        self.flat = _room(self.flat, self.flat_size + len(ids))
+        self.starts[number], self.sizes[number] = self.flat_size, len(ids)
+        self.flat[self.flat_size: self.flat_size + len(ids)] = ids
+        self.flat_size += len(ids)
+        return number
 
     def _token_id(self, token: str) -> int:
         token_id = self.token_ids.get(token)
         if token_id is None:
             token_id = self.token_ids[token] = len(self.tokens)
             self.tokens.append(token)
-            if token_id == len(self.lengths):
-                self.lengths = np.concatenate([self.lengths, np.zeros_like(self.lengths)])
+            self.lengths = _room(self.lengths, token_id + 1)
             self.lengths[token_id] = len(token)
         return token_id
+
+
+def _room(array: np.ndarray, size: int) -> np.ndarray:
+    """`array`, doubled until it holds `size` items."""
+    while size > len(array):
+        array = np.concatenate([array, np.zeros_like(array)])
+    return array
 
 
 _VOCABULARY = _Vocabulary()
