@@ -84,6 +84,7 @@ RULES = {  # name: (family, raylm overrides, datatrove filter, datatrove argumen
     "c4_lines_and_sentences": ("c4", dict(c4_line_rules=True, c4_min_sentences=5), "c4", dict(C4_LINES, min_num_sentences=5)),
 }
 ALPHA = "alpha_words"
+WARM_UP = "warm up the spaCy pipeline with some text. It loads once."  # both sides judge it once, untimed
 
 DATATROVE_SIDE = r"""
 import json, sys, time
@@ -107,7 +108,7 @@ def tuples(arguments):
     return {k: tuple(tuple(x) for x in v) if k in ("top_n_grams", "dup_n_grams") else v for k, v in arguments.items()}
 
 web = [("repetition", GopherRepetitionFilter()), ("quality", GopherQualityFilter()), ("c4", C4QualityFilter())]
-verdict(web, "warm up the spaCy pipeline with some text. It loads once.")
+verdict(web, sys.argv[6])  # one-time set-up (spaCy's pipeline) aside, as on raylm's side
 started = time.perf_counter()
 overall = [verdict(web, d["text"]) for d in docs]
 seconds = time.perf_counter() - started
@@ -178,6 +179,7 @@ def main() -> None:
     docs = corpus(args.limit)
     print(f"{len(docs)} documents: {dict(Counter(d['kind'] for d in docs))}")
 
+    raylm_verdicts([{"text": WARM_UP}], WebRules())  # as datatrove's side warms spaCy up: one-time set-up aside
     started = time.perf_counter()
     overall = raylm_verdicts(docs, WebRules())
     raylm_seconds = time.perf_counter() - started
@@ -190,7 +192,7 @@ def main() -> None:
         f.flush()
         theirs = json.loads(sh(str(python), "-c", DATATROVE_SIDE, f.name,
                                json.dumps({k: (v[2], v[3]) for k, v in RULES.items()}), json.dumps(REPETITION_OFF),
-                               json.dumps(QUALITY_OFF), json.dumps(C4_OFF), echo=False))
+                               json.dumps(QUALITY_OFF), json.dumps(C4_OFF), WARM_UP, echo=False))
 
     ours_drop = [r is not None for r, _ in overall]
     theirs_drop = [r is not None for r in theirs["overall"]]

@@ -42,8 +42,10 @@ _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 # keeps lines that end in a bare quote.
 _CLOSING_QUOTES = "\"'”’"
 _TERMINAL_ENDINGS = (".", "!", "?", *_CLOSING_QUOTES)
-# Lowercase phrases: `in` on a lowered line is several times faster than an IGNORECASE alternation.
-_POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
+# C4's policy phrases ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of
+# cookies", "use cookies"), searched in a lowered line: several times faster than IGNORECASE, and
+# one search rather than six `in` tests.
+_POLICY_PHRASE = re.compile(r"terms of use|privacy policy|cookie policy|use(?:s| of)? cookies")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia's, removed before the line rules
 # A word ending in sentence marks (and closing quotes or brackets) with more text after it.
 _SENTENCE_MARK = re.compile(rf"(\S*?)([.!?]+)[{_CLOSING_QUOTES})\]]*(?=\s+\S)")
@@ -208,7 +210,7 @@ def _apply_c4_rules(text: str, lines: list[str], rules: WebRules, max_word_chars
             continue
         if rules.c4_drop_curly_bracket and "{" in line:
             return FilterResult(text, "c4_curly_bracket", 0)
-        if any(phrase in lowered for phrase in _POLICY_PHRASES):
+        if _POLICY_PHRASE.search(lowered):
             continue
         kept.append(line)
         sentences += _sentences(line)

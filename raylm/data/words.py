@@ -319,7 +319,7 @@ class _Vocabulary:
         numbers = np.fromiter(map(self.chunk_numbers.get, chunks, repeat(-1)), np.int64, len(chunks))
         new = np.flatnonzero(numbers < 0)
         if len(new):
-            numbers[new] = [self._add(chunks[i]) for i in new.tolist()]
+            numbers[new] = self._add([chunks[i] for i in new.tolist()])
         starts, sizes = self.starts[numbers], self.sizes[numbers]
         if len(sizes) and sizes.max() == 1 and sizes.min() == 1:  # one token per chunk (prose)
             return self.flat[starts]
@@ -327,28 +327,33 @@ class _Vocabulary:
         shift = starts - np.cumsum(sizes) + sizes
         return self.flat[np.repeat(shift, sizes) + np.arange(int(sizes.sum()))]
 
-    def _add(self, chunk: str) -> int:
-        """The chunk's number, splitting it and storing its token ids if it is new."""
-        number = self.chunk_numbers.get(chunk)
-        if number is not None:  # a repeat within the text being read
-            return number
-        ids = [self._token_id(piece) for piece in _split(chunk)]
-        number = self.chunk_numbers[chunk] = len(self.chunk_numbers)
-        self.starts, self.sizes = _room(self.starts, number + 1), _room(self.sizes, number + 1)
-        self.flat = _room(self.flat, self.flat_size + len(ids))
-        self.starts[number], self.sizes[number] = self.flat_size, len(ids)
-        self.flat[self.flat_size: self.flat_size + len(ids)] = ids
-        self.flat_size += len(ids)
-        return number
-
-    def _token_id(self, token: str) -> int:
-        token_id = self.token_ids.get(token)
-        if token_id is None:
-            token_id = self.token_ids[token] = len(self.tokens)
-            self.tokens.append(token)
-            self.lengths = _room(self.lengths, token_id + 1)
-            self.lengths[token_id] = len(token)
-        return token_id
+    def _add(self, chunks: list[str]) -> list[int]:
+        """The numbers of chunks not seen before this text (a chunk may come more than once),
+        splitting each once and storing its token ids; the arrays grow once per text."""
+        numbers, sizes, pieces = [], [], []
+        for chunk in chunks:
+            number = self.chunk_numbers.get(chunk)
+            if number is None:
+                split = _split(chunk)
+                number = self.chunk_numbers[chunk] = len(self.chunk_numbers)
+                sizes.append(len(split))
+                pieces += split
+            numbers.append(number)
+        token_ids, known = self.token_ids, len(self.tokens)
+        for token in dict.fromkeys(pieces):  # new tokens numbered in the order they come
+            if token not in token_ids:
+                token_ids[token] = len(self.tokens)
+                self.tokens.append(token)
+        self.lengths = _room(self.lengths, len(self.tokens))
+        self.lengths[known: len(self.tokens)] = list(map(len, self.tokens[known:]))
+        first = len(self.chunk_numbers) - len(sizes)
+        self.starts, self.sizes = _room(self.starts, len(self.chunk_numbers)), _room(self.sizes, len(self.chunk_numbers))
+        self.flat = _room(self.flat, self.flat_size + len(pieces))
+        self.sizes[first: len(self.chunk_numbers)] = sizes
+        self.starts[first: len(self.chunk_numbers)] = self.flat_size + np.cumsum(sizes) - sizes
+        self.flat[self.flat_size: self.flat_size + len(pieces)] = list(map(token_ids.__getitem__, pieces))
+        self.flat_size += len(pieces)
+        return numbers
 
 
 def _room(array: np.ndarray, size: int) -> np.ndarray:
