@@ -131,7 +131,35 @@ def cluster_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-def largest_node_cpus() -> int:
-    """A task asking for more CPUs than any one node has would wait forever."""
-    sizes = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+# The custom resource that the CPU node types of cluster/ declare (head, cpu-worker; as many as
+# they have CPUs, so it also counts the CPUs data work may use). Data work asks for a token amount
+# of it: a placement mark, while CPUs still decide how much runs at once.
+DATA_RESOURCE = "raylm_data"
+DATA_MARK = 0.001
+
+
+def data_cpus() -> float:
+    """The CPUs of the nodes that CPU-only data work (prepare, evaluate's scoring) may use: those
+    declaring DATA_RESOURCE on a cluster that has it, else every CPU."""
+    resources = ray.cluster_resources()
+    return float(resources.get(DATA_RESOURCE) or resources.get("CPU", 1.0))
+
+
+def data_resources() -> dict:
+    """Ray's `resources` argument for CPU-only data work: on a cluster that declares DATA_RESOURCE,
+    a mark of it, so Ray runs the work, and its autoscaler adds nodes for it, only on those node
+    types (past their CPUs, Ray's planner puts CPU-only demand on GPU types); else none."""
+    return {DATA_RESOURCE: DATA_MARK} if DATA_RESOURCE in ray.cluster_resources() else {}
+
+
+def data_task(num_cpus: float) -> dict:
+    """Ray arguments of a CPU-only data task or actor using `num_cpus`."""
+    return {"num_cpus": num_cpus, "resources": data_resources()}
+
+
+def largest_data_node_cpus() -> int:
+    """The most CPUs one data task can get: a task asking for more than any one node has would
+    wait forever (nodes declaring DATA_RESOURCE, where a cluster has it)."""
+    key = DATA_RESOURCE if DATA_RESOURCE in ray.cluster_resources() else "CPU"
+    sizes = [node["Resources"].get(key, 0) for node in ray.nodes() if node["Alive"]]
     return max(1, int(max(sizes, default=1)))

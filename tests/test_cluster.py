@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import _free_port, articles, start_session_ray
+from raylm.runtime import DATA_RESOURCE
 from raylm.train.checkpoint import latest_complete, saved_state
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +123,9 @@ def test_jobs_on_a_two_node_token_cluster_with_every_path_on_s3(machine_for_a_cl
 
     gcs, dashboard = _free_port(), _free_port()
     # The head declares a node dead after 2 missed health checks a second apart (Ray's default: 5, 3 s apart).
+    # Only the head declares the data mark, as a CPU node type does; the worker node stands for a GPU one.
     ray_cli("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=1",
+            f"--resources={json.dumps({DATA_RESOURCE: 1})}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
             env={**env, "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "2"})
     node = WorkerNode(gcs, env)
@@ -181,6 +184,18 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     assert manifest["documents"]["kept_per_split"]["test"] == 1  # the held-out source, and only it
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="prepared/")["Contents"]}
     assert {"prepared/tokenizer.json", "prepared/config.yaml"} <= keys and not any(".staging-" in k for k in keys)
+    # Every task and actor of prepare's own stages asked for the data mark, and so ran on the head
+    # (an actor's node is in the actor list: its creation task names none).
+    head = next(n["node_id"] for n in nodes(env, gcs) if n["is_head_node"])
+    state = [f"--address=127.0.0.1:{gcs}", "--format=json", "--detail", "--limit=10000"]
+    tasks = json.loads(ray_cli("list", "tasks", *state, env=env).stdout)
+    marked = [t for t in tasks if DATA_RESOURCE in (t.get("required_resources") or {})]
+    stages = {t["name"] for t in marked}
+    assert any("_read_files" in name for name in stages) and "_train_bpe_task" in stages, stages
+    assert any("TokenizeAndWrite" in name for name in stages), stages
+    assert {t["node_id"] for t in marked if t["type"] == "NORMAL_TASK"} == {head}
+    actors = json.loads(ray_cli("list", "actors", *state, env=env).stdout)
+    assert {a["node_id"] for a in actors if "TokenizeAndWrite" in a["class_name"]} == {head}
 
     # An elastic pretrain ([1, 2] workers) across both nodes, allowed to retry forever. Once it has
     # checkpointed, the worker node (with the rank-1 worker) goes away: the run resumes from its

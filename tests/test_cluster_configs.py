@@ -17,6 +17,7 @@ mistakes that can be caught here, without credentials or Ray processes:
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import tomllib
@@ -33,6 +34,7 @@ from ray._private.label_utils import validate_node_label_syntax, validate_node_l
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from raylm.config import load_config
+from raylm.runtime import DATA_MARK, DATA_RESOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -131,13 +133,14 @@ def test_cloud_yaml_promises(name):
     assert all(identity in t["node_config"] for t in config["available_node_types"].values())
 
 
-def plan(config: dict, demand: list[dict]) -> dict:
-    """Worker nodes Ray's autoscaler would launch for `demand` (bundles) on a cluster of just the head."""
+def plan(config: dict, demand: list[dict], left_waiting: int = 0) -> dict:
+    """Worker nodes Ray's autoscaler would launch for `demand` (bundles) on a cluster of just the
+    head, and how many bundles no node it may launch can take (they wait)."""
     scheduler = ResourceDemandScheduler(None, config["available_node_types"], config["max_workers"],
                                         config["head_node_type"], config["upscaling_speed"])
     to_launch, infeasible = scheduler.get_nodes_to_launch(
         [], {config["head_node_type"]: 1}, demand, {}, [], {}, [], NodeAvailabilitySummary({}))
-    assert not infeasible
+    assert len(infeasible) == left_waiting
     return to_launch
 
 
@@ -153,6 +156,14 @@ def test_autoscaler_plans_cpu_work_on_cpu_nodes_and_gpu_work_on_gpu_nodes(name):
     assert set(plan(config, [{"CPU": 1}] * (cpu_capacity + 1))) - {"cpu-worker"}
     assert plan(config, [{"CPU": 1, "GPU": 1}] * 2) == {"gpu-small": 2}
     assert plan(config, [{"CPU": 1, "GPU": 1}] * 8) == {"gpu-large": 1}   # an 8-worker GPU run
+    # raylm's data work asks for the mark only CPU types declare: past their capacity (twice it here)
+    # the rest waits for them instead, and a task as wide as the largest of them fits one.
+    for name_, node_type in types.items():
+        declared = node_type["resources"].get(DATA_RESOURCE, 0)
+        assert declared == (0 if node_type["resources"].get("GPU") else node_type["resources"]["CPU"]), name_
+    data_task = {"CPU": 1, DATA_RESOURCE: DATA_MARK}
+    assert set(plan(config, [data_task] * (2 * cpu_capacity), left_waiting=cpu_capacity)) == {"cpu-worker"}
+    assert plan(config, [{"CPU": cpu_worker["resources"]["CPU"], DATA_RESOURCE: DATA_MARK}]) == {"cpu-worker": 1}
 
 
 def test_local_yaml_rehearses_the_cloud_node_types():
@@ -174,6 +185,8 @@ def test_local_yaml_rehearses_the_cloud_node_types():
         assert needed in start, (needed, start)
     labels = dict(kv.split("=") for kv in re.search(r"--labels=(\S+)", start)[1].split(","))
     assert labels == head["labels"]
+    declared = json.loads(re.search(r"--resources='(\{.*?\})'", start)[1])
+    assert declared == {DATA_RESOURCE: head["resources"]["CPU"]} and head["resources"][DATA_RESOURCE] == 1
 
 
 # ------------------------------------------------------------------------------------ KubeRay
@@ -193,6 +206,10 @@ def check_kuberay_cluster_spec(spec: dict) -> None:
         assert isinstance(group["rayStartParams"], dict) and "labels" not in group["rayStartParams"]
         check_labels(group["labels"])
         assert group["template"]["spec"]["containers"], "a group needs its Ray container"
+        # CPU groups declare the data mark, one per CPU the container asks for; GPU groups do not.
+        cpus = group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+        wanted = {} if group["labels"]["raylm/role"] == "gpu" else {DATA_RESOURCE: cpus}
+        assert group.get("resources", {}) == wanted, group.get("groupName", "head")
     for container in ray_containers(spec):
         assert IMAGE.fullmatch(container["image"]), container["image"]
     for group in spec["workerGroupSpecs"]:

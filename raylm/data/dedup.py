@@ -26,6 +26,7 @@ import xxhash
 from ray.data import Dataset
 from ray.data.aggregate import Min
 
+from raylm import runtime
 from raylm.config import DedupConfig
 from raylm.data.pack import REJECTED_HEAD_CHARS
 
@@ -150,17 +151,20 @@ def deduplicate(docs: Dataset, config: DedupConfig, partitions: int) -> tuple[Da
     """Docs (fingerprinted and materialized) with duplicates marked, fingerprints dropped, and how
     many were marked. Up to ONE_TASK_MAX_ROWS bucket rows are grouped by one task; above, by
     hash shuffles, whose fixed cost (seconds, measured on 2 cores) only pays off at scale."""
-    rows = docs.select_columns(["order", "buckets", "bucket_codes"]).map_batches(_explode, batch_format="pyarrow")
+    rows = docs.select_columns(["order", "buckets", "bucket_codes"]).map_batches(_explode, batch_format="pyarrow",
+                                                                                  **runtime.data_task(1))
     slim = docs.drop_columns(["buckets", "bucket_codes"])
     buckets_per_doc = config.exact + config.near * lsh_bands(config.threshold, config.num_perm)[0]
     if docs.count() * buckets_per_doc <= ONE_TASK_MAX_ROWS:
-        removed = ray.get(_duplicates_in_one_task.remote(*rows.to_arrow_refs()))
-        marked = slim.map_batches(_mark_listed, fn_kwargs={"removed": removed}, batch_format="pyarrow")
+        removed = ray.get(_duplicates_in_one_task.options(**runtime.data_task(1)).remote(*rows.to_arrow_refs()))
+        marked = slim.map_batches(_mark_listed, fn_kwargs={"removed": removed}, batch_format="pyarrow",
+                                  **runtime.data_task(1))
         return (marked if removed.num_rows else slim), removed.num_rows
     removed = _duplicates_by_shuffle(rows, partitions).materialize()
     count = removed.count()
-    marked = slim.join(removed, "left_outer", num_partitions=partitions, on=("order",)).map_batches(
-        _mark_joined, batch_format="pyarrow")
+    marked = slim.join(removed, "left_outer", num_partitions=partitions, on=("order",),
+                       aggregator_ray_remote_args={"resources": runtime.data_resources()}).map_batches(
+        _mark_joined, batch_format="pyarrow", **runtime.data_task(1))
     return (marked if count else slim), count
 
 
@@ -175,7 +179,7 @@ def _duplicates_in_one_task(*blocks: pa.Table) -> pa.Table:
 def _duplicates_by_shuffle(rows: Dataset, partitions: int) -> Dataset:
     """The same rows, from hash partitions of the bucket rows, then a shuffle by document."""
     removed = rows.repartition(partitions, keys=["bucket"]).map_batches(
-        _not_first_in_bucket, batch_size=None, batch_format="pyarrow"
+        _not_first_in_bucket, batch_size=None, batch_format="pyarrow", **runtime.data_task(1)
     )
     return removed.groupby("order", num_partitions=partitions).aggregate(Min("code", alias_name="code"))
 

@@ -189,7 +189,7 @@ def prepare(config: Config, address: str | None = None, num_cpus: int | None = N
 def _documents(listing: SourceListing, data: DataConfig, clock) -> Dataset:
     """read -> clean -> filter (-> fingerprint): one fused task per block of files."""
     files = [{**asdict(f), "file_index": i} for i, f in enumerate(listing.files)]
-    tasks = max(4 * int(runtime.cluster_cpus()), -(-sum(f.size for f in listing.files) // READ_TASK_BYTES))
+    tasks = max(4 * int(runtime.data_cpus()), -(-sum(f.size for f in listing.files) // READ_TASK_BYTES))
     docs = ray.data.from_items(files, override_num_blocks=min(len(files), tasks))
     light = _light_tasks()
     docs = docs.map_batches(_read_files, fn_kwargs={"data": data, "clock": clock}, batch_size=None,
@@ -206,7 +206,7 @@ def _documents(listing: SourceListing, data: DataConfig, clock) -> Dataset:
 
 def _deduplicate(docs: Dataset, data: DataConfig, phases: dict, log) -> Dataset:
     mark = time.time()
-    partitions = max(2, int(runtime.cluster_cpus()), docs.size_bytes() // (256 << 20))
+    partitions = max(2, int(runtime.data_cpus()), docs.size_bytes() // (256 << 20))
     docs, removed = dedup.deduplicate(docs, data.dedup, partitions)
     docs = docs.materialize()  # a pending task upstream of the tokenizer actors could starve
     phases["dedup"] = time.time() - mark
@@ -234,8 +234,8 @@ def _light_tasks() -> dict:
     they fit next to the tokenizer actors on any machine, and on a Ray this process started (its
     size fixed) no more at once than it has CPUs: each concurrent task is a worker process to
     start, and the 8 that 0.25 CPU allows on 2 cores cost a 126 MB prepare 3 s of starting them."""
-    size = None if runtime.joined_cluster() else max(1, int(runtime.cluster_cpus()))
-    return {"num_cpus": LIGHT_TASK_CPUS, "compute": TaskPoolStrategy(size=size)}
+    size = None if runtime.joined_cluster() else max(1, int(runtime.data_cpus()))
+    return {**runtime.data_task(LIGHT_TASK_CPUS), "compute": TaskPoolStrategy(size=size)}
 
 
 def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: dict, log) -> TokenizerFiles:
@@ -244,8 +244,8 @@ def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: 
     fraction = min(1.0, data.tokenizer.sample_budget() / train_bytes)
     sample = docs.map_batches(_sample, fn_kwargs={"fraction": fraction}, batch_format="pyarrow",
                               **_light_tasks()).materialize()
-    cpus = runtime.largest_node_cpus()
-    trained = _train_bpe_task.options(num_cpus=cpus)
+    cpus = runtime.largest_data_node_cpus()
+    trained = _train_bpe_task.options(**runtime.data_task(cpus))
     tokenizer = TokenizerFiles(ray.get(trained.remote(sample, data.tokenizer.vocab_size, data.tokenizer.min_frequency, cpus)))
     phases["tokenizer"] = time.time() - mark
     log(f"prepare: trained a {tokenizer.codec.get_vocab_size()}-token BPE on {fraction * train_bytes / 1e6:.1f} MB "
@@ -254,7 +254,7 @@ def _train_tokenizer(docs: Dataset, data: DataConfig, train_bytes: int, phases: 
 
 
 def _tokenize_and_write(docs: Dataset, data: DataConfig, tokenizer: TokenizerFiles, dtype: str, staging: str, clock) -> Dataset:
-    cpus = runtime.cluster_cpus()
+    cpus = runtime.data_cpus()
     actors = max(1, int(cpus))
     return docs.map_batches(
         TokenizeAndWrite,
@@ -263,7 +263,7 @@ def _tokenize_and_write(docs: Dataset, data: DataConfig, tokenizer: TokenizerFil
         batch_size=data.batch_size,
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=actors),
-        num_cpus=max(0.1, (cpus - UPSTREAM_CPU_RESERVE) / actors),
+        **runtime.data_task(max(0.1, (cpus - UPSTREAM_CPU_RESERVE) / actors)),
     ).materialize()
 
 

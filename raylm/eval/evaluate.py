@@ -64,9 +64,11 @@ class Heldout:
         """A `tokens` column read by the cluster, not the driver (except text windows, tokenized here)."""
         if self.windows is not None:
             return ray.data.from_items([{"tokens": window} for window in self.windows])
-        dataset = ray.data.read_parquet(self.shards, filesystem=storage.filesystem(self.shards[0])[0])
+        dataset = ray.data.read_parquet(self.shards, filesystem=storage.filesystem(self.shards[0])[0],
+                                        ray_remote_args=runtime.data_task(1))
         if self.block_size:
-            dataset = dataset.map_batches(as_model_rows, fn_kwargs={"block_size": self.block_size}, batch_format="pyarrow")
+            dataset = dataset.map_batches(as_model_rows, fn_kwargs={"block_size": self.block_size}, batch_format="pyarrow",
+                                          **runtime.data_task(1))
         return dataset
 
 
@@ -102,9 +104,9 @@ class _Scorer:
 def _score_on_ray(run_dir: str, heldout: Heldout, workers: int) -> tuple[float, int, np.ndarray]:
     """_score's totals from `workers` actors. On a small cluster each reserves less than a CPU, so
     that Ray Data's read tasks (a whole CPU each) still get one: a pool holding every CPU waits forever."""
-    cpus = max(0.1, min(1.0, (runtime.cluster_cpus() - DATA_CPUS) / workers))
+    cpus = max(0.1, min(1.0, (runtime.data_cpus() - DATA_CPUS) / workers))
     rows = heldout.dataset().map_batches(_Scorer, fn_constructor_args=(run_dir,), batch_size=RAY_BATCH,
-                                         batch_format="numpy", concurrency=workers, num_cpus=cpus)
+                                         batch_format="numpy", concurrency=workers, **runtime.data_task(cpus))
     nats, count, histogram = 0.0, 0, 0
     for batch in rows.iter_batches(batch_format="numpy", batch_size=None):
         nats += float(batch["nats"].sum())
@@ -178,7 +180,7 @@ def evaluate(run_dir: str, inputs: list[str], workers: int | None = None, addres
         nats, count, histogram = _score(model, heldout.read())
     else:
         runtime.init_ray(address, num_cpus)
-        workers = workers or max(1, int(runtime.cluster_cpus()))
+        workers = workers or max(1, int(runtime.data_cpus()))
         nats, count, histogram = _score_on_ray(storage.absolute(run_dir), heldout, workers)
     return {
         "checkpoint": source.checkpoint,
