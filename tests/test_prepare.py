@@ -17,6 +17,7 @@ from conftest import read_split, shared_file, split_documents
 from corpus_kit import MIXED_NEWLINES, assert_shards_hold_the_kept_documents, bad_input_corpus, write_jsonl
 from raylm.config import load_config
 from raylm.data import dedup
+from raylm.data.manifest import MANIFEST
 from raylm.data.prepare import _log_summary
 from raylm.data.sources import list_sources
 from raylm.errors import RaylmError
@@ -39,9 +40,6 @@ def test_stdlib_corpus_round_trip(run_prepare, tmp_path):
     assert {p.name for p in output.iterdir()} == {"train", "val", "test", "rejected", "tokenizer.json", "config.yaml", MANIFEST}
     assert load_config(output / "config.yaml").data.seq_len == 256
     assert_shards_hold_the_kept_documents(output, manifest)
-
-
-MANIFEST = "manifest.json"
 
 
 def test_wikitext_with_held_out_sources_round_trip(run_prepare, tmp_path):

@@ -34,12 +34,12 @@ from raylm.data import dedup, splitting
 from raylm.data.clean import clean_texts
 from raylm.data.filters import apply_quality_filters
 from raylm.data.formats import read_documents
+from raylm.data.manifest import MANIFEST
 from raylm.data.pack import REJECTED_HEAD_CHARS, SPLITS, TAIL_COLUMNS, TokenizeAndWrite, write_tail_shards
 from raylm.data.sources import SourceFile, SourceListing, list_sources
 from raylm.data.tokenizer import TokenizerFiles, load_tokenizer, token_dtype, train_bpe
 from raylm.errors import RaylmError
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = "raylm.prepared/1"
 READ_CHUNK_DOCS = 4096
 READ_CHUNK_BYTES = 16 << 20

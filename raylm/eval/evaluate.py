@@ -21,13 +21,14 @@ import ray.data
 import torch
 
 from raylm import runtime, storage
+from raylm.data.manifest import has_manifest, read_manifest
 from raylm.data.pack import as_model_rows, model_rows, windows_array
 from raylm.data.tokenizer import TokenizerFiles, encode_documents
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
 from raylm.train.checkpoint import load_model
 from raylm.train.schedule import rows_per_window
-from raylm.train.trainer import DATA_CPUS, read_manifest
+from raylm.train.trainer import DATA_CPUS
 
 BATCH = 16  # windows per forward pass
 RAY_WINDOWS = 4096  # more windows than this are scored on Ray
@@ -172,7 +173,7 @@ def evaluate(run_dir: str, inputs: list[str], workers: int | None = None, addres
         raise RaylmError(f"{run_dir} is a Hugging Face model folder, which names no data: give text files or a prepared folder")
     if not inputs:
         inputs = [config.train.data]
-    if len(inputs) == 1 and storage.exists(storage.join(storage.absolute(inputs[0]), "manifest.json")):
+    if len(inputs) == 1 and has_manifest(inputs[0]):
         heldout = _prepared_split(inputs[0], config.model.block_size, source.tokenizer)
     else:
         heldout = _text_files(inputs, source.tokenizer, config.data.seq_len)

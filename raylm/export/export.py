@@ -21,6 +21,7 @@ from dataclasses import replace
 import torch
 
 from raylm import storage
+from raylm.data.manifest import has_manifest, read_manifest
 from raylm.errors import RaylmError
 from raylm.data.tokenizer import TOKENIZER_CONFIG
 from raylm.model.hf import CONFIG, INDEX, WEIGHTS, hf_config, to_hf_tensors
@@ -148,9 +149,8 @@ def _model_card(run_dir: str, config, parameters: int, hf: dict, source, dtype: 
     if last_val:
         lines.append(f"| last validation | step {last_val['step']:,}: loss {last_val['val_loss']:.4f}, "
                      f"{last_val.get('val_bpb', float('nan')):.4f} bits per byte |")
-    manifest = storage.join(storage.absolute(config.train.data), "manifest.json")
-    if storage.exists(manifest):
-        splits = json.loads(storage.read_bytes(manifest))["splits"]
+    if has_manifest(config.train.data):
+        splits = read_manifest(config.train.data)["splits"]
         lines.append("| data | " + ", ".join(f"{name} {s['documents']:,} documents / {s['tokens']:,} tokens"
                                           for name, s in splits.items()) + f" (`{config.train.data}`) |")
     lines += ["", "Trained by `raylm pretrain --config config.yaml` (or `raylm finetune`) with the run's "

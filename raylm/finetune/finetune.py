@@ -20,9 +20,10 @@ from raylm import runtime, storage
 from raylm.config import Config, dump_config
 from raylm.errors import RaylmError
 from raylm.data.instructions import load_instructions
+from raylm.data.manifest import read_manifest
 from raylm.train.checkpoint import checkpoint_name, model_source, saved_state, save_weights
 from raylm.train.metrics import read_metrics
-from raylm.train.trainer import (TrainingJob, check_batch, check_tokenizer, fit_to_context, read_manifest, run,
+from raylm.train.trainer import (TrainingJob, check_batch, check_tokenizer, fit_to_context, run,
                                  run_folder)
 
 MERGED = "merged"

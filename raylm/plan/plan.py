@@ -30,7 +30,6 @@ of the blocks below, gradients of those above) and the optimizer step (all gradi
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from dataclasses import asdict, dataclass
@@ -40,9 +39,10 @@ import torch
 import yaml
 
 from raylm.config import Config, ModelConfig
+from raylm.data.manifest import has_manifest, read_manifest
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
-from raylm.train.metrics import GPU_MEMORY_BYTES, PEAK_BF16_FLOPS, duration
+from raylm.train.metrics import GPU_MEMORY_BYTES, PEAK_BF16_FLOPS, duration, si_number
 from raylm.train.schedule import rows_per_window, step_plan
 
 GiB = 2**30
@@ -340,10 +340,8 @@ def training_shape(config: Config) -> tuple[ModelConfig, int, str, str]:
     from: model.vocab_size, else the prepared train.data's tokenizer, else the tokenizer prepare
     would train; the data's windows (its manifest, else data.seq_len), as rows of at most the
     model's context, as training takes them."""
-    model, manifest = config.model, None
-    path = Path(config.train.data) / "manifest.json"
-    if "://" not in config.train.data and path.is_file():
-        manifest = json.loads(path.read_text())
+    model = config.model
+    manifest = read_manifest(config.train.data) if has_manifest(config.train.data) else None
     if model.vocab_size is not None:
         vocab_from = "model.vocab_size"
     elif manifest is not None:
@@ -467,22 +465,15 @@ def _advice(config: Config, plan: dict) -> list[str]:
                "for the same compute, a smaller model trained on more tokens would reach a lower loss" if ratio < 0.8 else
                "past compute-optimal, each token buys less loss, in exchange for a smaller model to serve")
     notes.append(f"Chinchilla: ~{CHINCHILLA_TOKENS_PER_PARAMETER} tokens per parameter, {optimal} for "
-                 f"{_count(plan['model']['parameters'])} parameters; {_tokens(run['tokens'])} planned ({ratio:.2g}x): {verdict}")
+                 f"{si_number(plan['model']['parameters'])} parameters; {_tokens(run['tokens'])} planned ({ratio:.2g}x): {verdict}")
     return notes
 
 
 # --------------------------------------------------------------------------------------- printing
 
 
-def _count(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:.0f}"
-
-
 def _tokens(n: float) -> str:
-    return _count(n) if n >= 1e6 else f"{n:,.0f}"
+    return si_number(n) if n >= 1e6 else f"{n:,.0f}"
 
 
 def _seconds(seconds: float) -> str:
@@ -504,9 +495,9 @@ def render(plan: dict) -> str:
     lines = [
         f"raylm plan: {model['preset'] or 'model'} on {run['workers']} x {gpu['type']} ({where})",
         "",
-        f"model     {_count(model['parameters'])} parameters ({model['parameters']:,}), {model['n_layer']} layers x "
+        f"model     {si_number(model['parameters'])} parameters ({model['parameters']:,}), {model['n_layer']} layers x "
         f"{model['n_embd']}, context {model['block_size']:,}, vocabulary {model['vocab_size']:,} ({model['vocab_from']})",
-        f"          {_count(model['flops_per_token'])} FLOPs per token trained (6N + attention at {run['seq_len']:,} tokens)",
+        f"          {si_number(model['flops_per_token'])} FLOPs per token trained (6N + attention at {run['seq_len']:,} tokens)",
         f"batch     {run['batch_size']} x {run['seq_len']:,} tokens per GPU per micro-step ({run['seq_from']}), "
         f"{run['accumulate']} micro-step{'s' * (run['accumulate'] > 1)}, {run['tokens_per_step']:,} tokens per step",
         f"budget    {run['steps']:,} steps, {_tokens(run['tokens'])} tokens",
@@ -532,7 +523,7 @@ def render(plan: dict) -> str:
             if time["cost_usd"] is not None else f"; cost {time['price_from']}")
     lines += [
         f"time      MFU {time['mfu'] * 100:.1f}% ({time['mfu_from']}{'' if time['mfu_from'] == 'plan.mfu' else '; set plan.mfu'})",
-        f"          {_count(time['tokens_per_s'])} tokens/s, {_seconds(time['step_seconds'])} per step, "
+        f"          {si_number(time['tokens_per_s'])} tokens/s, {_seconds(time['step_seconds'])} per step, "
         f"{duration(time['train_seconds'])} of training (no start-up, evaluation or checkpoints)",
         f"cost      {time['gpu_hours']:,.1f} GPU-hours{cost}",
         "",

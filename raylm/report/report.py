@@ -21,9 +21,10 @@ import pyarrow.parquet as pq
 
 from raylm import storage
 from raylm.config import Config, run_config
+from raylm.data.manifest import has_manifest, read_manifest
 from raylm.errors import RaylmError
 from raylm.report import plots
-from raylm.train.metrics import METRICS, read_metrics
+from raylm.train.metrics import METRICS, read_metrics, si_number
 
 SAMPLE_SETTINGS = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}
 FINETUNE_METRICS = [("loss", "loss (nats/token)"), ("perplexity", "perplexity"), ("bits_per_byte", "bits per byte")]
@@ -104,13 +105,6 @@ def count_params(config: Config) -> int:
         return GPT(config.model).num_params()
 
 
-def _si(number: float) -> str:
-    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(number) >= factor:
-            return f"{number / factor:.3g}{suffix}"
-    return f"{number:g}"
-
-
 def _workers(worker_range: tuple[int, int]) -> str:
     low, high = worker_range
     return f"{low}" if low == high else f"{low}-{high}"
@@ -126,14 +120,14 @@ def summary_table(run: Run) -> Table:
         ["folder", run.folder],
         ["model", f"preset {model.preset}: {model.n_layer} layers, {model.n_head} heads, {model.n_embd} wide, "
                   f"context {model.block_size} tokens, vocabulary {model.vocab_size}"],
-        ["parameters", f"{params:,} ({_si(params)})"],
+        ["parameters", f"{params:,} ({si_number(params)})"],
         ["data", train.data],
         ["optimisation", f"lr {train.lr:g}, {train.schedule} schedule, {train.warmup_steps} warmup steps, "
                          f"{_workers(train.worker_range)} workers x {train.batch_size} sequences"],
         ["steps", f"{run.records[-1]['step']:,}"],
     ]
     if tokens := run.last("tokens"):
-        rows.append(["tokens seen", f"{tokens['tokens']:,} ({_si(tokens['tokens'])})"])
+        rows.append(["tokens seen", f"{tokens['tokens']:,} ({si_number(tokens['tokens'])})"])
     if timed := run.last("train_seconds"):
         rows.append(["training wall time", duration(timed["train_seconds"])])
     if train_loss := run.last("loss"):
@@ -336,7 +330,7 @@ def dropped_examples(folder: str, limit: int = EXAMPLES_PER_REASON) -> dict[str,
 
 def prepared_report(folder: str) -> tuple[str, list[Block]]:
     """What `raylm prepare` read, kept and dropped, and how long each stage took."""
-    manifest = json.loads(storage.read_bytes(storage.join(folder, "manifest.json")))
+    manifest = read_manifest(folder)
     documents, splits, tokenizer = manifest["documents"], manifest["splits"], manifest["tokenizer"]
     title = f"Data report: {storage.parent_and_name(folder)[1]}"
     summary = Table([
@@ -474,7 +468,7 @@ def write_report(folder: str, output: str | None = None, sample_tokens: int = 12
         title, blocks = sweep_report(folder, sample_tokens, log)
     elif storage.exists(storage.join(folder, METRICS)):
         title, blocks = run_report(folder, sample_tokens, log)
-    elif storage.exists(storage.join(folder, "manifest.json")):
+    elif has_manifest(folder):
         title, blocks = prepared_report(folder)
     else:
         raise RaylmError(f"{folder} is no run folder (no metrics.jsonl), sweep folder (no results.json) or prepared "

@@ -28,6 +28,14 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_FLOPS.items() if key in name), None)
 
 
+def si_number(number: float) -> str:
+    """A count with an SI-style suffix, one decimal: 123.6M parameters, 2.9M tokens/s, 10.0B tokens."""
+    for factor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= factor:
+            return f"{number / factor:.1f}{suffix}"
+    return f"{number:.0f}"
+
+
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

@@ -8,7 +8,6 @@ the data, streamed from the files when it is large.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from dataclasses import dataclass
@@ -28,22 +27,15 @@ from raylm.data.pack import as_model_rows
 from raylm.data.tokenizer import TOKENIZER, TokenizerFiles
 from raylm.errors import RaylmError
 from raylm.data.instructions import InstructionSet
+from raylm.data.manifest import read_manifest
 from raylm.train.checkpoint import ModelSource, latest_complete, model_source, saved_state
 from raylm.train import schedule
 from raylm.train.loop import train_loop_per_worker
 from raylm.train.schedule import rows_per_window, step_plan
 
-MANIFEST = "manifest.json"
 DATA_CPUS = 1.0  # left to Ray Data: its file-listing and read tasks each need a whole CPU
 CACHE_BYTES = 512 << 20  # a split this small is read once and kept in the object store
 DRIVER_READ_BYTES = 64 << 20  # ... and one this small is read by the driver and shared out by the workers
-
-
-def read_manifest(data: str) -> dict:
-    path = storage.join(storage.absolute(data), MANIFEST)
-    if not storage.exists(path):
-        raise RaylmError(f"no prepared dataset at {data} (no {MANIFEST}); run `raylm prepare` first or set train.data")
-    return json.loads(storage.read_bytes(path))
 
 
 @dataclass
