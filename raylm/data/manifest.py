@@ -17,8 +17,14 @@ def has_manifest(data: str) -> bool:
     return storage.exists(storage.join(storage.absolute(data), MANIFEST))
 
 
-def read_manifest(data: str) -> dict:
+def find_manifest(data: str) -> dict | None:
+    """The manifest of `data`, or None if it is no prepared dataset (one existence check, one read)."""
     path = storage.join(storage.absolute(data), MANIFEST)
-    if not storage.exists(path):
+    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+
+
+def read_manifest(data: str) -> dict:
+    manifest = find_manifest(data)
+    if manifest is None:
         raise RaylmError(f"no prepared dataset at {data} (no {MANIFEST}); run `raylm prepare` first or set train.data")
-    return json.loads(storage.read_bytes(path))
+    return manifest

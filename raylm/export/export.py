@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 
 from raylm import storage
-from raylm.data.manifest import has_manifest, read_manifest
+from raylm.data.manifest import find_manifest
 from raylm.errors import RaylmError
 from raylm.data.tokenizer import TOKENIZER_CONFIG
 from raylm.model.hf import CONFIG, INDEX, WEIGHTS, hf_config, to_hf_tensors
@@ -149,8 +149,8 @@ def _model_card(run_dir: str, config, parameters: int, hf: dict, source, dtype: 
     if last_val:
         lines.append(f"| last validation | step {last_val['step']:,}: loss {last_val['val_loss']:.4f}, "
                      f"{last_val.get('val_bpb', float('nan')):.4f} bits per byte |")
-    if has_manifest(config.train.data):
-        splits = read_manifest(config.train.data)["splits"]
+    if manifest := find_manifest(config.train.data):
+        splits = manifest["splits"]
         lines.append("| data | " + ", ".join(f"{name} {s['documents']:,} documents / {s['tokens']:,} tokens"
                                           for name, s in splits.items()) + f" (`{config.train.data}`) |")
     lines += ["", "Trained by `raylm pretrain --config config.yaml` (or `raylm finetune`) with the run's "

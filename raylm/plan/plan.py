@@ -39,7 +39,7 @@ import torch
 import yaml
 
 from raylm.config import Config, ModelConfig
-from raylm.data.manifest import has_manifest, read_manifest
+from raylm.data.manifest import find_manifest
 from raylm.errors import RaylmError
 from raylm.model.gpt import GPT
 from raylm.train.metrics import GPU_MEMORY_BYTES, PEAK_BF16_FLOPS, duration, si_number
@@ -341,7 +341,7 @@ def training_shape(config: Config) -> tuple[ModelConfig, int, str, str]:
     would train; the data's windows (its manifest, else data.seq_len), as rows of at most the
     model's context, as training takes them."""
     model = config.model
-    manifest = read_manifest(config.train.data) if has_manifest(config.train.data) else None
+    manifest = find_manifest(config.train.data)
     if model.vocab_size is not None:
         vocab_from = "model.vocab_size"
     elif manifest is not None:
