@@ -158,9 +158,9 @@ def test_autoscaler_plans_cpu_work_on_cpu_nodes_and_gpu_work_on_gpu_nodes(name):
     assert plan(config, [{"CPU": 1, "GPU": 1}] * 8) == {"gpu-large": 1}   # an 8-worker GPU run
     # raylm's data work asks for the mark only CPU types declare: past their capacity (twice it here)
     # the rest waits for them instead, and a task as wide as the largest of them fits one.
-    for name_, node_type in types.items():
+    for type_name, node_type in types.items():
         declared = node_type["resources"].get(DATA_RESOURCE, 0)
-        assert declared == (0 if node_type["resources"].get("GPU") else node_type["resources"]["CPU"]), name_
+        assert declared == (0 if node_type["resources"].get("GPU") else node_type["resources"]["CPU"]), type_name
     data_task = {"CPU": 1, DATA_RESOURCE: DATA_MARK}
     assert set(plan(config, [data_task] * (2 * cpu_capacity), left_waiting=cpu_capacity)) == {"cpu-worker"}
     assert plan(config, [{"CPU": cpu_worker["resources"]["CPU"], DATA_RESOURCE: DATA_MARK}]) == {"cpu-worker": 1}
