@@ -3,8 +3,8 @@
 - two nodes (`ray start --head` on loopback with token auth, and `ray start --address` for a
   worker): `ray job submit` runs prepare; an elastic pretrain across both nodes, which loses the
   worker node mid-run, goes on with one worker and grows back to two when the node returns, then
-  is stopped by `ray job stop`; the same pretrain
-  submitted again, which resumes and finishes; and evaluate, with every path on s3:// (moto on loopback).
+  is stopped by `ray job stop`; and evaluate of its newest checkpoint, with every path on s3:// (moto
+  on loopback). (A run submitted again resumes: tests/test_pretrain.py.)
   A client without the cluster's token is refused; the nodes' S3 secret appears in no output and
   no job log.
 - the local autoscaling rehearsal (cluster/local.yaml, started by the commands in its header): a
@@ -200,15 +200,15 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     # An elastic pretrain ([1, 2] workers) across both nodes, allowed to retry forever. Once it has
     # checkpointed, the worker node (with the rank-1 worker) goes away: the run resumes from its
     # newest S3 checkpoint on the head's one worker without waiting for the node, and when the node
-    # is back it grows to 2 workers again. Then `ray job stop`, and the same run submitted again
-    # (SDK, 2 workers) resumes and finishes.
+    # is back it grows to 2 workers again. Then `ray job stop`.
     pretrain = ["python", "jobs/pretrain.py", "model.preset=tiny", "train.data=s3://lm-cluster/prepared",
                 "train.storage=s3://lm-cluster/runs", "train.workers=[1,2]", "train.batch_size=8", "train.log_every=2",
                 "train.eval_every=6", "train.checkpoint_every=6", "train.max_failures=-1", "train.resize_check_seconds=2",
                 f"s3.endpoint_url={endpoint}"]
     # Killed at once, the node is still alive to Ray for a moment, so the first restart may try both
     # workers again and wait for the worker-group start timeout (60 s by default) before taking one.
-    quick_start = json.dumps({"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15"}})
+    # The timeout is for the placement group, which one node's free CPUs grant at once.
+    quick_start = json.dumps({"env_vars": {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "5"}})
     out = ray_cli("job", "submit", f"--address={address}", "--working-dir=.", f"--runtime-env-json={quick_start}",
                   "--no-wait", "--", *pretrain, "train.max_steps=100000", env=env)
     job = re.search(r"Job '(raysubmit_\w+)' submitted successfully", out.stdout + out.stderr).group(1)
@@ -235,29 +235,27 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     wait_while_running(job, address, env, until=lambda: latest_step() >= grown + 6)  # and on from there
     ray_cli("job", "stop", f"--address={address}", job, env=env)
     assert "was stopped" in ray_cli("job", "status", f"--address={address}", job, env=env).stdout
-    assert "2 workers on 2 nodes" in ray_cli("job", "logs", f"--address={address}", job, env=env).stdout
+    pretrain_logs = ray_cli("job", "logs", f"--address={address}", job, env=env).stdout
+    assert "2 workers on 2 nodes" in pretrain_logs
+    assert "Execution plan" not in pretrain_logs and "(RayTrainWorker" not in pretrain_logs  # as quiet as a console
     last = latest_step()
-    # A fixed-size resubmit: an elastic one would wait up to 3 minutes for the stopped run's claim on
-    # the cluster to expire (Ray Train's autoscaling coordinator keeps a request for 180 s).
-    fixed = [arg.replace("train.workers=[1,2]", "train.workers=2") for arg in pretrain]
-    logs = submit(address, " ".join([*fixed, f"train.max_steps={last + 4}"]), env)
-    assert f"resuming from step {last}" in logs
-    assert "Execution plan" not in logs and "(RayTrainWorker" not in logs  # a job's log is as quiet as a console
     metrics = s3.get_object(Bucket="lm-cluster", Key="runs/pretrain/metrics.jsonl")["Body"].read().decode()
     records = {}  # a resumed run logs the steps it redid again: the later record wins (read_metrics)
     for line in metrics.splitlines():
         if "loss" in line:
             records[json.loads(line)["step"]] = json.loads(line)
-    steps = [step for step in sorted(records) if step <= last + 4]  # (the stopped job may have logged past `last`)
-    assert steps == list(range(2, last + 5, 2))  # every logged step once: none lost, none twice
+    steps = [step for step in sorted(records) if step <= last]  # (the stopped job may have logged past `last`)
+    assert steps == list(range(2, last + 1, 2))  # every logged step once: none lost, none twice
     workers = [records[step]["workers"] for step in steps]  # 2, then 1 after the node went, then 2
     assert workers[0] == 2 and 1 in workers and workers[workers.index(1):].count(2)
     keys = {item["Key"] for item in s3.list_objects_v2(Bucket="lm-cluster", Prefix="runs/")["Contents"]}
-    assert any(k.startswith("runs/pretrain/tensorboard/events.out.tfevents.") for k in keys)
+    # TensorBoard events go up at each checkpoint: the stopped run kept all three parts' curves.
+    assert len([k for k in keys if k.startswith("runs/pretrain/tensorboard/events.out.tfevents.")]) >= 3
     logs = submit(address, "python jobs/evaluate.py --checkpoint s3://lm-cluster/runs/pretrain --json", env,
                   AWS_ENDPOINT_URL=endpoint)
     report = json.loads(next(line for line in logs.splitlines() if line.startswith("{")))
-    assert report["checkpoint"].endswith(f"checkpoint-{last + 4:07d}") and report["bits_per_byte"] > 0
+    assert report["checkpoint"].endswith(f"checkpoint-{last:07d}") and report["bits_per_byte"] > 0
+    assert "Execution plan" not in logs  # a job's log is as quiet as a console
 
     # token auth: a request without the token, and a client with another one, are refused
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -271,7 +269,7 @@ def jobs_on_two_nodes(address, gcs, env, node, s3, endpoint, secret, tmp_path) -
     # the secret reached no object and no job log
     for item in s3.list_objects_v2(Bucket="lm-cluster")["Contents"]:
         assert secret.encode() not in s3.get_object(Bucket="lm-cluster", Key=item["Key"])["Body"].read(), item["Key"]
-    assert secret not in logs + out.stdout + out.stderr
+    assert secret not in logs + pretrain_logs + out.stdout + out.stderr
 
 
 def jobs_api(address: str, path: str, env: dict) -> dict:

@@ -201,6 +201,8 @@ def train_loop_per_worker(payload: dict) -> None:
                 console(f"eval step {step} | val loss {metrics['val_loss']:.4f} | ppl {metrics['val_ppl']:.2f} | "
                         f"bpb {metrics['val_bpb']:.4f}")
         if step % train.checkpoint_every == 0 or finished:
+            if log:
+                log.upload_events()
             with tempfile.TemporaryDirectory() as directory:
                 save_checkpoint(directory, model, optimizer, state, rank)
                 ray.train.report({"step": step, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(directory),

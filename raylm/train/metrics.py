@@ -97,9 +97,15 @@ class RunLog:
                 f"grad {record['grad_norm']:.2f} | {record['tokens_per_s'] / 1e3:.1f}k tok/s | "
                 f"{record['step_ms']:.0f} ms/step{mfu} | ETA {eta}")
 
-    def close(self) -> None:
-        self.writer.close()
+    def upload_events(self) -> None:
+        """On object storage, copy the TensorBoard events written so far: called at every
+        checkpoint, so a run stopped, killed or resized keeps its curves up to there (each restart
+        writes a file of its own)."""
         if self.remote:
             for name in os.listdir(self.local_tensorboard):
                 with open(os.path.join(self.local_tensorboard, name), "rb") as f:
                     storage.write_bytes(storage.join(self.tensorboard_dir, name), f.read())
+
+    def close(self) -> None:
+        self.writer.close()
+        self.upload_events()
