@@ -179,7 +179,7 @@ def train_loop_per_worker(payload: dict) -> None:
         state.update(step=state["step"] + 1, tokens=state["tokens"] + tokens_per_step, epoch=batches.epoch,
                      consumed=batches.consumed)
         if rank == 0 and state["step"] == train.fault_at_step:
-            _inject_fault_once(run_dir)
+            _inject_fault_once(run_dir, train.fault_at_step)
 
         step = state["step"]
         state["train_seconds"] = clock.seconds(step, synchronise=step % train.log_every == 0)
@@ -336,9 +336,10 @@ class TrainingClock:
         return shared
 
 
-def _inject_fault_once(run_dir: str) -> None:
-    """train.fault_at_step, for tests: the rank-0 process dies once; the marker keeps it to once."""
-    marker = storage.join(run_dir, FAULT_MARKER)
+def _inject_fault_once(run_dir: str, step: int) -> None:
+    """train.fault_at_step, for tests: the rank-0 process dies once at that step; the marker keeps
+    it to once (per step, so a resubmitted run may die again at a later one)."""
+    marker = storage.join(run_dir, f"{FAULT_MARKER}-{step}")
     if not storage.exists(marker):
         storage.write_bytes(marker, b"")
         say("fault_at_step: rank 0 exits now (test fault injection)")
