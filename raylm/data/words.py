@@ -15,7 +15,6 @@ import functools
 import re
 import unicodedata
 from collections.abc import Iterable
-from itertools import repeat
 
 import numpy as np
 
@@ -34,18 +33,24 @@ _DIGITS = frozenset("0123456789")
 _HYPHENS = ("-", "–", "—", "--", "---", "——", "~")
 _INFIX_CHAR = re.compile(r"[.…,+\-*^–—~:<>=/\x80-\U0010ffff]")  # where an infix rule may match (non-ASCII: icons)
 # `_infixes` on ASCII text, written as spaCy writes its rules: one regex of the same rules in the same
-# order (its quotes are ' " ` and the comma). Each rule consumes its first character, so the
-# regex starts with their class and skips other characters in C; the rules then look back at it.
-# The function stays the definition for all of Unicode; a test holds the two equal on ASCII,
-# where this speed matters (paths and code).
-_ASCII_INFIX = re.compile(r"""[-.,+*^~:<>=/](?:(?<=\.)\.+|(?<=[0-9][-+*^])(?=[0-9-])|(?<=[a-z'"`,]\.)(?=[A-Z'"`,])"""
+# order (its quotes are ' " ` and the comma), in a group so that re.split returns the pieces and the
+# infixes between them. Each rule consumes its first character, so the regex starts with their
+# class and skips other characters in C; the rules then look back at it (and never match at the
+# chunk's start, as `_infixes` does not). The function stays the definition for all of Unicode; a
+# test holds the two equal on ASCII, where this speed matters (paths and code).
+_ASCII_INFIX = re.compile(r"""([-.,+*^~:<>=/](?<=[\s\S]{2})(?:(?<=\.)\.+|(?<=[0-9][-+*^])(?=[0-9-])|(?<=[a-z'"`,]\.)(?=[A-Z'"`,])"""
                           r"|(?<=[A-Za-z],)(?=[A-Za-z])|(?<=[A-Za-z0-9]-)(?:|-|--)(?=[A-Za-z])|(?<=[A-Za-z0-9]~)(?=[A-Za-z])"
-                          r"|(?<=[A-Za-z0-9][:<>=/])(?=[A-Za-z]))")
+                          r"|(?<=[A-Za-z0-9][:<>=/])(?=[A-Za-z])))")
 _UNIT_AFTER_DIGIT = re.compile(r"(?s:.*)\d(\D{1,4})", re.ASCII)  # fullmatched on a chunk's last 5 characters
+_UNIT_ENDINGS = frozenset(unit[-1] for unit in (*_AFTER_DIGITS, "+"))  # a chunk ending otherwise has no unit
 # spaCy's URL rule, shortened: an optional scheme or user, then dotted host labels and a lowercase
 # top-level domain, an optional port and path. Unlike infixes, it keeps "www.gnu.org/licenses/" whole.
-_URL = re.compile(r"(?:[\w+.-]{2,}://)?(?:\S+(?::\S*)?@)?(?:(?:[A-Za-z0-9\u00a1-\uffff][A-Za-z0-9\u00a1-\uffff_-]{0,62})?"
-                  r"[A-Za-z0-9\u00a1-\uffff]\.)+[a-z\u00df-\u00f6\u00f8-\u00ff]{2,63}(?::\d{2,5})?(?:[/?#]\S*)?")
+# A chunk without "://" or "@" has neither scheme nor user: the host alone is matched, sparing the
+# user rule's backtracking over the whole chunk.
+_URL_HOST = (r"(?:(?:[A-Za-z0-9\u00a1-\uffff][A-Za-z0-9\u00a1-\uffff_-]{0,62})?"
+             r"[A-Za-z0-9\u00a1-\uffff]\.)+[a-z\u00df-\u00f6\u00f8-\u00ff]{2,63}(?::\d{2,5})?(?:[/?#]\S*)?")
+_URL = re.compile(r"(?:[\w+.-]{2,}://)?(?:\S+(?::\S*)?@)?" + _URL_HOST)
+_HOST_URL = re.compile(_URL_HOST)
 
 _EMOTICONS = r"""
 :) :-) :)) :-)) :))) :-))) (: (-: =) (= :] :-] [: [-: [= =] :o) (o: :} :-} 8) 8-) (-8 ;) ;-) (; (-; :( :-( :((
@@ -114,14 +119,9 @@ def _special_cases() -> dict[str, tuple[str, ...]]:
     return cases
 
 
-@functools.cache
-def _icons() -> frozenset[str]:
-    """Unicode's other symbols (emoji, ©, °, arrows...): made on first need, as they take a scan."""
-    return frozenset(c for c in map(chr, range(0x80, 0x110000)) if unicodedata.category(c) == "So")
-
-
 def _is_icon(char: str) -> bool:
-    return char > "\x7f" and char in _icons()
+    """One of Unicode's other symbols (category So: emoji, ©, °, arrows...)."""
+    return char > "\x7f" and unicodedata.category(char) == "So"
 
 
 def _is_lower(char: str) -> bool:
@@ -158,7 +158,7 @@ def _suffix_length(chunk: str) -> int:
         best = n - len(chunk.rstrip("."))
     elif chunk.endswith(("……", "'s", "'S", "’s", "’S")):
         best = 2
-    if unit := _UNIT_AFTER_DIGIT.fullmatch(chunk, max(0, n - 5)):  # a number and a unit, currency or "+"
+    if last in _UNIT_ENDINGS and (unit := _UNIT_AFTER_DIGIT.fullmatch(chunk, max(0, n - 5))):  # a number and a unit, currency or "+"
         tail = unit.group(1)
         if tail in _AFTER_DIGITS or tail == "+":
             best = max(best, len(tail))
@@ -213,11 +213,11 @@ def _split(chunk: str) -> tuple[str, ...]:
     pieces = _split_by_rules(chunk, special)
     if len(pieces) == 1:
         return pieces
-    cut_apart, longest, first_pieces = _special_cases_cut_apart()
-    if first_pieces.isdisjoint(pieces):
+    cut_apart, longest, first_pairs = _special_cases_cut_apart()
+    if first_pairs.isdisjoint(zip(pieces, pieces[1:])):
         return pieces
-    found = [(size, start) for start in range(len(pieces) - 1) for size in range(2, min(longest, len(pieces) - start) + 1)
-             if pieces[start: start + size] in cut_apart]
+    found = [(size, start) for start, pair in enumerate(zip(pieces, pieces[1:])) if pair in first_pairs
+             for size in range(2, min(longest, len(pieces) - start) + 1) if pieces[start: start + size] in cut_apart]
     taken: dict[int, int] = {}  # start: size; the longest first, then the earliest (spaCy's filter_spans)
     for size, start in sorted(found, key=lambda match: (-match[0], match[1])):
         if all(start + size <= other or other + other_size <= start for other, other_size in taken.items()):
@@ -235,15 +235,15 @@ def _split(chunk: str) -> tuple[str, ...]:
 
 
 @functools.cache
-def _special_cases_cut_apart() -> tuple[dict[tuple[str, ...], tuple[str, ...]], int, frozenset[str]]:
+def _special_cases_cut_apart() -> tuple[dict[tuple[str, ...], tuple[str, ...]], int, frozenset[tuple[str, str]]]:
     """The special cases that the prefix, suffix and infix rules split, keyed by those pieces; the
-    most pieces of one; and the pieces they start with."""
+    most pieces of one; and the two pieces they start with (pieces without such a pair hold none)."""
     cut_apart = {}
     for case, pieces in _special_cases().items():
         by_rules = _split_by_rules(case, {})
         if len(by_rules) > 1 and by_rules != pieces:
             cut_apart[by_rules] = pieces
-    return cut_apart, max(map(len, cut_apart)), frozenset(pieces[0] for pieces in cut_apart)
+    return cut_apart, max(map(len, cut_apart)), frozenset(pieces[:2] for pieces in cut_apart)
 
 
 def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
@@ -251,7 +251,8 @@ def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[st
     prefixes: list[str] = []
     suffixes: list[str] = []
     rest, last_length = chunk, 0
-    while rest and len(rest) != last_length and rest not in special:
+    # Letters alone take no prefix, suffix or infix: "word," is done once its comma is off.
+    while rest and len(rest) != last_length and rest not in special and not rest.isalpha():
         last_length = len(rest)
         prefix = _prefix_length(rest)
         if prefix and rest[prefix:] in special:
@@ -276,12 +277,13 @@ def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[st
     middle: list[str] = []
     if rest in special:
         middle = list(special[rest])
-    elif rest and ("." not in rest and not _INFIX_CHAR.search(rest, 1) or "." in rest and _URL.fullmatch(rest)):
+    elif rest and (rest.isalpha() or "." not in rest and not _INFIX_CHAR.search(rest, 1) or "." in rest and _is_url(rest)):
         middle = [rest]  # nothing to split at, or a URL
+    elif rest.isascii():
+        middle = [piece for piece in _ASCII_INFIX.split(rest) if piece]
     elif rest:
         start = 0
-        spans = [match.span() for match in _ASCII_INFIX.finditer(rest, 1)] if rest.isascii() else _infixes(rest)
-        for infix_start, infix_end in spans:
+        for infix_start, infix_end in _infixes(rest):
             if infix_start != start:
                 middle.append(rest[start:infix_start])
             middle.append(rest[infix_start:infix_end])
@@ -289,6 +291,10 @@ def _split_by_rules(chunk: str, special: dict[str, tuple[str, ...]]) -> tuple[st
         if rest[start:]:
             middle.append(rest[start:])
     return (*prefixes, *middle, *reversed(suffixes))
+
+
+def _is_url(rest: str) -> bool:
+    return bool((_URL if "://" in rest or "@" in rest else _HOST_URL).fullmatch(rest))
 
 
 class _Vocabulary:
@@ -316,10 +322,11 @@ class _Vocabulary:
         """The token ids of these chunks' tokens, in order, splitting the chunks not seen before."""
         if len(self.chunk_numbers) >= self.MAX_CHUNKS:
             self.clear()
-        numbers = np.fromiter(map(self.chunk_numbers.get, chunks, repeat(-1)), np.int64, len(chunks))
-        new = np.flatnonzero(numbers < 0)
-        if len(new):
-            numbers[new] = self._add([chunks[i] for i in new.tolist()])
+        try:
+            numbers = np.fromiter(map(self.chunk_numbers.__getitem__, chunks), np.int64, len(chunks))
+        except KeyError:  # new chunks: split and stored, then every chunk is known
+            self._add([chunk for chunk in dict.fromkeys(chunks) if chunk not in self.chunk_numbers])
+            numbers = np.fromiter(map(self.chunk_numbers.__getitem__, chunks), np.int64, len(chunks))
         starts, sizes = self.starts[numbers], self.sizes[numbers]
         if len(sizes) and sizes.max() == 1 and sizes.min() == 1:  # one token per chunk (prose)
             return self.flat[starts]
@@ -327,18 +334,15 @@ class _Vocabulary:
         shift = starts - np.cumsum(sizes) + sizes
         return self.flat[np.repeat(shift, sizes) + np.arange(int(sizes.sum()))]
 
-    def _add(self, chunks: list[str]) -> list[int]:
-        """The numbers of chunks not seen before this text (a chunk may come more than once),
-        splitting each once and storing its token ids; the arrays grow once per text."""
-        numbers, sizes, pieces = [], [], []
+    def _add(self, chunks: list[str]) -> None:
+        """Split and store chunks not seen before (each once), numbered in the order they come; the
+        arrays grow once per call."""
+        sizes, pieces = [], []
         for chunk in chunks:
-            number = self.chunk_numbers.get(chunk)
-            if number is None:
-                split = _split(chunk)
-                number = self.chunk_numbers[chunk] = len(self.chunk_numbers)
-                sizes.append(len(split))
-                pieces += split
-            numbers.append(number)
+            split = _split(chunk)
+            self.chunk_numbers[chunk] = len(self.chunk_numbers)
+            sizes.append(len(split))
+            pieces += split
         token_ids, known = self.token_ids, len(self.tokens)
         for token in dict.fromkeys(pieces):  # new tokens numbered in the order they come
             if token not in token_ids:
@@ -353,7 +357,6 @@ class _Vocabulary:
         self.starts[first: len(self.chunk_numbers)] = self.flat_size + np.cumsum(sizes) - sizes
         self.flat[self.flat_size: self.flat_size + len(pieces)] = list(map(token_ids.__getitem__, pieces))
         self.flat_size += len(pieces)
-        return numbers
 
 
 def _room(array: np.ndarray, size: int) -> np.ndarray:
