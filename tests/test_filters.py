@@ -4,6 +4,7 @@ the config, profiles pick the rules, and C4 line removal keeps the right text.""
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from pathlib import Path
 
@@ -311,6 +312,19 @@ def test_duplicate_lines_keep_their_indentation():
     assert apply_quality_filters(text, "text", web(**OFF_EXCEPT_LINES)).reason is None
     assert apply_quality_filters(text, "text", web(**{**OFF_EXCEPT_LINES, "max_duplicate_lines_fraction": 0.2})).reason \
         == "web_duplicate_lines"
+
+
+def test_paragraphs_and_lines_are_datatroves_regex_splits():
+    """The repetition rules' units come from str.split, for speed; datatrove splits with
+    re.split(r"\n{2,}", text.strip()) and re.split(r"\n+", text). Random texts of letters, blanks
+    and runs of newlines of every length must give the same units."""
+    from raylm.data.filters import _lines_as_datatrove_splits, _paragraphs_as_datatrove_splits
+
+    generator = random.Random(15)
+    for _ in range(50_000):
+        text = "".join(generator.choice("ab\n\n \t") for _ in range(generator.randint(1, 16)))
+        assert _paragraphs_as_datatrove_splits(text) == re.split(r"\n{2,}", text.strip()), repr(text)
+        assert _lines_as_datatrove_splits(text) == re.split(r"\n+", text), repr(text)
 
 
 def test_hashes_and_ellipses_have_a_limit_each():

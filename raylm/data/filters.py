@@ -22,7 +22,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import filterfalse, islice
+from operator import methodcaller
 
 import numpy as np
 
@@ -34,9 +35,9 @@ _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "–", "-", 
 _ELLIPSES = ("...", "…")
 _LETTER = re.compile(r"[^\W\d_]")  # \w minus digits and underscore: exactly the str.isalpha characters
 _STOP_WORD = re.compile(r"\b(?:the|be|to|of|and|that|have|with)\b", re.IGNORECASE)
-# The repetition rules' units, as datatrove splits them: paragraphs at two or more newlines, lines
-# at newlines (`_lines_as_datatrove_splits`), neither stripped (indentation is part of a line).
-_PARAGRAPH_BREAK = re.compile(r"\n{2,}")
+# The repetition rules' units, as datatrove splits them: paragraphs at two or more newlines
+# (`_paragraphs_as_datatrove_splits`), lines at newlines (`_lines_as_datatrove_splits`), neither
+# stripped (indentation is part of a line).
 
 # C4 (Raffel et al. 2020). A sentence may close with quotes after its mark (`."`, `!”`); C4 also
 # keeps lines that end in a bare quote.
@@ -47,8 +48,10 @@ _TERMINAL_ENDINGS = (".", "!", "?", *_CLOSING_QUOTES)
 # one search rather than six `in` tests.
 _POLICY_PHRASE = re.compile(r"terms of use|privacy policy|cookie policy|use(?:s| of)? cookies")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")  # Wikipedia's, removed before the line rules
-# A word ending in sentence marks (and closing quotes or brackets) with more text after it.
-_SENTENCE_MARK = re.compile(rf"(\S*?)([.!?]+)[{_CLOSING_QUOTES})\]]*(?=\s+\S)")
+# A word ending in sentence marks (and closing quotes or brackets) with more text after it. Matched
+# from a word's start only: tried from inside words too, the lazy stem would rescan each word from
+# every character of it, for the same matches.
+_SENTENCE_MARK = re.compile(rf"(?<!\S)(\S*?)([.!?]+)[{_CLOSING_QUOTES})\]]*(?=\s+\S)")
 _OPENERS = "\"'“‘(["
 # Words whose final period is no sentence end (spaCy keeps these, and U.S., e.g., single letters, whole).
 _ABBREVIATIONS = frozenset("mr mrs ms dr st jr sr prof gen rev vs etc inc ltd co corp no vol fig jan feb mar apr "
@@ -93,12 +96,13 @@ def apply_quality_filters(text: str, kind: str, config: FiltersConfig) -> Filter
     profile = AUTO_PROFILE[kind] if config.profile == "auto" else config.profile
     limit = config.max_word_chars
     words = text.split() if profile == "web" or 0 < limit < len(text) else []
-    long_chars = sum(length for length in map(len, words) if length > limit) if 0 < limit < len(text) else 0
+    long_chars = (sum(length for length in map(len, words) if length > limit)
+                  if 0 < limit < len(text) and max(map(len, words)) > limit else 0)
     # With C4's line rules a long word costs its line, unless such words are most of the document.
     if long_chars and (profile != "web" or not config.web.c4_line_rules or 2 * long_chars >= len(text)):
         return FilterResult(text, "word_too_long", 0)
-    if profile == "web":
-        return _apply_web_rules(text, words, config.web, limit)
+    if profile == "web":  # C4 looks for long words line by line only where the document has one
+        return _apply_web_rules(text, words, config.web, limit if long_chars else 0)
     reason = _code_reason(text, config.code) if profile == "code" else None
     return FilterResult(text, reason, 0)
 
@@ -112,7 +116,7 @@ def _apply_web_rules(text: str, words: list[str], rules: WebRules, max_word_char
     cost the most."""
     if len(words) > rules.max_words:
         return FilterResult(text, "web_too_many_words", 0)
-    lines = [stripped for line in text.split("\n") if (stripped := line.strip())]
+    lines = list(filter(None, map(str.strip, text.split("\n"))))  # the non-blank lines, stripped
     reason = _gopher_repetition_reason(text, words, rules) or _gopher_quality_reason(text, words, lines, rules)
     if reason:
         return FilterResult(text, reason, 0)
@@ -123,7 +127,7 @@ def _gopher_repetition_reason(text: str, words: list[str], rules: WebRules) -> s
     """Repeated paragraphs and lines (by count and by characters), then word n-grams: boilerplate,
     spam and generation loops. Every character fraction is of the whole text, as in datatrove's
     GopherRepetitionFilter."""
-    paragraphs, lines = _PARAGRAPH_BREAK.split(text.strip()), _lines_as_datatrove_splits(text)
+    paragraphs, lines = _paragraphs_as_datatrove_splits(text), _lines_as_datatrove_splits(text)
     for units, max_fraction, max_chars_fraction, count_reason, chars_reason in (
         (paragraphs, rules.max_duplicate_paragraphs_fraction, rules.max_duplicate_paragraph_chars_fraction,
          "web_duplicate_paragraphs", "web_duplicate_paragraph_chars"),
@@ -167,11 +171,12 @@ def _gopher_quality_reason(text: str, words: list[str], lines: list[str], rules:
         return "web_hash_ratio"
     if sum(map(text.count, _ELLIPSES)) / n_words > rules.max_symbol_to_word_ratio:
         return "web_ellipsis_ratio"
-    if sum(line.startswith(_BULLETS) for line in lines) / len(lines) > rules.max_bullet_lines_fraction:
+    if sum(map(methodcaller("startswith", _BULLETS), lines)) / len(lines) > rules.max_bullet_lines_fraction:
         return "web_bullet_lines"
-    if sum(line.endswith(_ELLIPSES) for line in lines) / len(lines) > rules.max_ellipsis_lines_fraction:
+    if sum(map(methodcaller("endswith", _ELLIPSES), lines)) / len(lines) > rules.max_ellipsis_lines_fraction:
         return "web_ellipsis_lines"
-    alpha_words = len(list(filter(_LETTER.search, words)))
+    not_all_letters = list(filterfalse(str.isalpha, words))  # most words are; the rest are searched for one
+    alpha_words = n_words - len(not_all_letters) + len(list(filter(_LETTER.search, not_all_letters)))
     if alpha_words / n_words < rules.min_alpha_words_fraction:
         return "web_alpha_words"
     if not _at_least(rules.min_stop_words, _distinct(match.group().lower() for match in _STOP_WORD.finditer(text))):
@@ -182,8 +187,8 @@ def _gopher_quality_reason(text: str, words: list[str], lines: list[str], rules:
 def _apply_c4_rules(text: str, lines: list[str], rules: WebRules, max_word_chars: int) -> FilterResult:
     """C4's line rules cut menus, captions, buttons and cookie banners out of otherwise good pages;
     its document rules then drop placeholder text, code in prose pages and pages with too little
-    running text left. Line by line, in datatrove's order: a word over max_word_chars removes the
-    line; citation markers go; then the line must end like a sentence and have enough words; lorem
+    running text left. Line by line, in datatrove's order: a word over max_word_chars (0: the
+    document has none) removes the line; citation markers go; then the line must end like a sentence and have enough words; lorem
     ipsum drops the page; javascript removes the line; a curly bracket drops the page; a cookie or
     policy notice removes the line. `lines` are the non-blank lines, stripped: blank lines are
     dropped as in C4 but not counted as removed, since they held no text."""
@@ -195,13 +200,15 @@ def _apply_c4_rules(text: str, lines: list[str], rules: WebRules, max_word_chars
             reason = "c4_too_few_sentences"
         return FilterResult(text, reason, 0)
     kept, sentences = [], 0
+    min_words = rules.c4_min_words_per_line
     for line in lines:
-        words = line.split()
-        if 0 < max_word_chars < max(map(len, words)):
+        if 0 < max_word_chars < max(map(len, line.split())):
             continue
+        words_of = line  # the words counted are the line's before its citations go
         if "[" in line:
             line = _CITATION.sub("", line).strip()
-        if not line.endswith(_TERMINAL_ENDINGS) or line.endswith(_ELLIPSES) or len(words) < rules.c4_min_words_per_line:
+        if (not line.endswith(_TERMINAL_ENDINGS) or line.endswith(_ELLIPSES)
+                or len(words_of.split(None, max(min_words - 1, 0))) < min_words):  # splits no further than it asks
             continue
         lowered = line.lower()
         if rules.c4_drop_lorem_ipsum and "lorem ipsum" in lowered:
@@ -264,6 +271,12 @@ def _code_reason(text: str, rules: CodeRules) -> str | None:
 # -------------------------------------------------------------------------------------- helpers
 
 
+def _paragraphs_as_datatrove_splits(text: str) -> list[str]:
+    """re.split(r"\n{2,}", text.strip()) at str.split's speed, five times the regex's: an odd run of
+    newlines leaves one at the start of the next piece, an even run of four or more an empty piece."""
+    return [paragraph for piece in text.strip().split("\n\n") if (paragraph := piece.lstrip("\n"))] or [""]
+
+
 def _lines_as_datatrove_splits(text: str) -> list[str]:
     """re.split(r"\n+", text), which counts an empty line before a leading and after a trailing
     newline, at str.split's speed."""
@@ -304,7 +317,7 @@ class _WordNgrams:
     def __init__(self, word_ids: np.ndarray, word_lengths: np.ndarray) -> None:
         self._size = size = len(word_ids)
         self._key_base = max(int(word_ids.max()) if size else 0, size) + 1  # above every name, of every level
-        self._offsets = np.concatenate([[0], np.cumsum(word_lengths)]).tolist()  # characters before each word
+        self._offsets = np.concatenate([[0], np.cumsum(word_lengths)])  # characters before each word
         self._counted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         repeated = np.bincount(word_ids)[word_ids] > 1  # ids are small: a count per id, not a sort
         self._names = {1: np.where(repeated, word_ids, -1)}  # per n: each start's name, -1 if it occurs once
@@ -340,7 +353,7 @@ class _WordNgrams:
         if top < 2:
             return 0
         start = int(first_starts[counts == top].min())
-        return (self._offsets[start + n] - self._offsets[start] + n - 1) * top
+        return (int(self._offsets[start + n] - self._offsets[start]) + n - 1) * top
 
     def duplicate_chars(self, n: int, stop_above: int | None = None) -> int:
         """Characters of the n-grams (their words, without spaces) that repeat one seen before, read
@@ -350,13 +363,14 @@ class _WordNgrams:
         passes `stop_above`: the rule only asks whether it does."""
         names = self._level(n)
         starts = np.flatnonzero(names >= 0)
-        offsets, seen = self._offsets, set()
+        ngram_chars = self._offsets[starts + n] - self._offsets[starts]
+        seen = set()
         position = chars = 0
-        for start, name in zip(starts.tolist(), names[starts].tolist()):
+        for start, name, start_chars in zip(starts.tolist(), names[starts].tolist(), ngram_chars.tolist()):
             if start < position:  # inside the repeat just counted
                 continue
             if name in seen:
-                chars += offsets[start + n] - offsets[start]
+                chars += start_chars
                 position = start + n
                 if stop_above is not None and chars > stop_above:
                     break
