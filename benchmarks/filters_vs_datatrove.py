@@ -11,7 +11,10 @@ pipeline its word tokenizer uses; no model download) run in an environment of th
 Printed: keep/drop agreement overall (and with the alphabetic-words rule set aside on both sides),
 per rule family and per rule, each rule judged alone (every other rule off on both sides); a
 confusion matrix; the disagreements by (raylm reason, datatrove reason); both sides' documents per
-second for the whole web profile (raylm in this process, datatrove in its own).
+second for the whole web profile. Speed is timed in fresh processes, raylm's and datatrove's in
+turn for --rounds rounds, each a first pass over the corpus after one warm-up sentence (spaCy's
+pipeline loaded, raylm's token cache empty): the best round of each side is its speed, as this
+VM's speed drifts by tens of percent from minute to minute.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -112,14 +114,29 @@ verdict(web, sys.argv[6])  # one-time set-up (spaCy's pipeline) aside, as on ray
 started = time.perf_counter()
 overall = [verdict(web, d["text"]) for d in docs]
 seconds = time.perf_counter() - started
+if rules is None:  # a speed round only
+    print(seconds)
+    sys.exit()
 per_rule = {}
 for name, (family, arguments) in rules.items():
     f = CLASSES[family](**{**OFF[family], **tuples(arguments)})
     per_rule[name] = [verdict([(family, f)], d["text"])[0] for d in docs]
 no_alpha = [verdict([("repetition", GopherRepetitionFilter()), ("quality", GopherQualityFilter(max_non_alpha_words_ratio=None)),
                      ("c4", C4QualityFilter())], d["text"])[0] for d in docs]
-print(json.dumps({"overall": [r for r, _ in overall], "kept_text": [t for _, t in overall], "seconds": seconds,
+print(json.dumps({"overall": [r for r, _ in overall], "kept_text": [t for _, t in overall],
                   "per_rule": per_rule, "no_alpha": no_alpha}))
+"""
+
+RAYLM_SPEED = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+from filters_vs_datatrove import WARM_UP, raylm_verdicts
+from raylm.config import WebRules
+docs = [json.loads(line) for line in open(sys.argv[1])]
+raylm_verdicts([{"text": WARM_UP}], WebRules())  # as datatrove's side warms spaCy up: one-time set-up aside
+started = time.perf_counter()
+raylm_verdicts(docs, WebRules())
+print(time.perf_counter() - started)
 """
 
 
@@ -174,15 +191,13 @@ def main() -> None:
     parser.add_argument("--venv", default="/tmp/raylm-datatrove", type=Path)
     parser.add_argument("--limit", default=300, type=int, help="Documents of each source kind at most.")
     parser.add_argument("--show", default=3, type=int, help="Disagreeing documents to name per cause.")
+    parser.add_argument("--rounds", default=3, type=int, help="Speed rounds; each side's best counts.")
     args = parser.parse_args()
     python = benchmark_env(args.venv, DATATROVE)
     docs = corpus(args.limit)
     print(f"{len(docs)} documents: {dict(Counter(d['kind'] for d in docs))}")
 
-    raylm_verdicts([{"text": WARM_UP}], WebRules())  # as datatrove's side warms spaCy up: one-time set-up aside
-    started = time.perf_counter()
     overall = raylm_verdicts(docs, WebRules())
-    raylm_seconds = time.perf_counter() - started
     per_rule = {name: [r for r, _ in raylm_verdicts(docs, WebRules(**{**OFF, **overrides}), max_word_chars=0)]
                 for name, (_, overrides, _, _) in RULES.items()}
     no_alpha = [r for r, _ in raylm_verdicts(docs, WebRules(min_alpha_words_fraction=0.0))]
@@ -190,9 +205,12 @@ def main() -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as f:
         f.writelines(json.dumps({"text": d["text"]}) + "\n" for d in docs)
         f.flush()
-        theirs = json.loads(sh(str(python), "-c", DATATROVE_SIDE, f.name,
-                               json.dumps({k: (v[2], v[3]) for k, v in RULES.items()}), json.dumps(REPETITION_OFF),
-                               json.dumps(QUALITY_OFF), json.dumps(C4_OFF), WARM_UP, echo=False))
+        datatrove_side = [str(python), "-c", DATATROVE_SIDE, f.name]
+        settings = [json.dumps(REPETITION_OFF), json.dumps(QUALITY_OFF), json.dumps(C4_OFF), WARM_UP]
+        theirs = json.loads(sh(*datatrove_side, json.dumps({k: (v[2], v[3]) for k, v in RULES.items()}), *settings,
+                               echo=False))
+        rounds = [(float(sh(sys.executable, "-c", RAYLM_SPEED, f.name, str(ROOT / "benchmarks"), echo=False)),
+                   float(sh(*datatrove_side, "null", *settings, echo=False))) for _ in range(args.rounds)]
 
     ours_drop = [r is not None for r, _ in overall]
     theirs_drop = [r is not None for r in theirs["overall"]]
@@ -223,8 +241,10 @@ def main() -> None:
         examples = [f"{docs[i]['kind']}:{docs[i]['name']}" for i in range(len(docs))
                     if (overall[i][0], theirs["overall"][i]) == (mine, their)][: args.show]
         print(f"  {mine or 'kept'} / {their or 'kept'}: {count}  {', '.join(examples)}")
-    print(f"\nspeed, the whole web profile: raylm {len(docs) / raylm_seconds:,.0f} docs/s, datatrove "
-          f"{len(docs) / theirs['seconds']:,.0f} docs/s ({theirs['seconds'] / raylm_seconds:.1f}x)")
+    raylm_seconds, datatrove_seconds = min(r for r, _ in rounds), min(d for _, d in rounds)
+    print("\nspeed rounds (seconds, raylm / datatrove): " + ", ".join(f"{r:.2f} / {d:.1f}" for r, d in rounds))
+    print(f"speed, the whole web profile, each side's best round: raylm {len(docs) / raylm_seconds:,.0f} docs/s, "
+          f"datatrove {len(docs) / datatrove_seconds:,.0f} docs/s ({datatrove_seconds / raylm_seconds:.1f}x)")
 
 
 if __name__ == "__main__":
