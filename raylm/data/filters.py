@@ -35,10 +35,6 @@ _BULLETS = ("•", "●", "○", "■", "□", "▪", "▫", "‣", "–", "-", 
 _ELLIPSES = ("...", "…")
 _LETTER = re.compile(r"[^\W\d_]")  # \w minus digits and underscore: exactly the str.isalpha characters
 _STOP_WORD = re.compile(r"\b(?:the|be|to|of|and|that|have|with)\b", re.IGNORECASE)
-# The repetition rules' units, as datatrove splits them: paragraphs at two or more newlines
-# (`_paragraphs_as_datatrove_splits`), lines at newlines (`_lines_as_datatrove_splits`), neither
-# stripped (indentation is part of a line).
-
 # C4 (Raffel et al. 2020). A sentence may close with quotes after its mark (`."`, `!”`); C4 also
 # keeps lines that end in a bare quote.
 _CLOSING_QUOTES = "\"'”’"
@@ -188,8 +184,8 @@ def _apply_c4_rules(text: str, lines: list[str], rules: WebRules, max_word_chars
     """C4's line rules cut menus, captions, buttons and cookie banners out of otherwise good pages;
     its document rules then drop placeholder text, code in prose pages and pages with too little
     running text left. Line by line, in datatrove's order: a word over max_word_chars (0: the
-    document has none) removes the line; citation markers go; then the line must end like a sentence and have enough words; lorem
-    ipsum drops the page; javascript removes the line; a curly bracket drops the page; a cookie or
+    document has none) removes the line; citation markers go; then the line must end like a
+    sentence and have enough words; lorem ipsum drops the page; javascript removes the line; a curly bracket drops the page; a cookie or
     policy notice removes the line. `lines` are the non-blank lines, stripped: blank lines are
     dropped as in C4 but not counted as removed, since they held no text."""
     if not rules.c4_line_rules:  # the document rules on the text as it is
@@ -269,6 +265,10 @@ def _code_reason(text: str, rules: CodeRules) -> str | None:
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+
+# The repetition rules' units, split as datatrove splits them, neither stripped (indentation is part
+# of a line).
 
 
 def _paragraphs_as_datatrove_splits(text: str) -> list[str]:
