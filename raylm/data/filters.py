@@ -185,8 +185,8 @@ def _apply_c4_rules(text: str, lines: list[str], rules: WebRules, max_word_chars
     its document rules then drop placeholder text, code in prose pages and pages with too little
     running text left. Line by line, in datatrove's order: a word over max_word_chars (0: the
     document has none) removes the line; citation markers go; then the line must end like a
-    sentence and have enough words; lorem ipsum drops the page; javascript removes the line; a curly bracket drops the page; a cookie or
-    policy notice removes the line. `lines` are the non-blank lines, stripped: blank lines are
+    sentence and have enough words; lorem ipsum drops the page; javascript removes the line; a curly
+    bracket drops the page; a cookie or policy notice removes the line. `lines` are the non-blank lines, stripped: blank lines are
     dropped as in C4 but not counted as removed, since they held no text."""
     if not rules.c4_line_rules:  # the document rules on the text as it is
         lowered = text.lower()
