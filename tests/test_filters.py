@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -325,6 +326,47 @@ def test_paragraphs_and_lines_are_datatroves_regex_splits():
         text = "".join(generator.choice("ab\n\n \t") for _ in range(generator.randint(1, 16)))
         assert _paragraphs_as_datatrove_splits(text) == re.split(r"\n{2,}", text.strip()), repr(text)
         assert _lines_as_datatrove_splits(text) == re.split(r"\n+", text), repr(text)
+
+
+def test_ngram_counts_are_datatroves_on_random_repetitive_texts():
+    """The n-gram rules count with integer names, sorts and a scan of repeated starts only; here
+    they are counted as datatrove's find_top_duplicate and find_all_duplicate do, over the words
+    themselves (a most frequent n-gram that occurs once scoring 0, as in raylm). Random texts of
+    few words repeat in every way: overlapping, nested, far apart. The bound that lets the rules
+    stop early must hold for every longer n-gram too."""
+    import numpy as np
+
+    from raylm.data.filters import _WordNgrams
+
+    def top_chars(words, n):
+        top, count = Counter(" ".join(words[i: i + n]) for i in range(len(words) - n + 1)).most_common(1)[0]
+        return len(top) * count if count > 1 else 0
+
+    def duplicate_chars(words, n):
+        seen, chars, i = set(), 0, 0
+        while i < len(words) - n + 1:
+            ngram = "".join(words[i: i + n])
+            if ngram in seen:
+                chars, i = chars + len(ngram), i + n
+            else:
+                seen.add(ngram)
+                i += 1
+        return chars
+
+    generator = random.Random(15)
+    for _ in range(1_500):
+        vocabulary = ["a", "bb", "ccc", "dd", "e", "ffff"][: generator.randint(1, 6)]
+        words = [generator.choice(vocabulary) for _ in range(generator.randint(1, 40))]
+        ids = {word: i for i, word in enumerate(vocabulary)}
+        ngrams = _WordNgrams(np.array([ids[w] for w in words]), np.array([len(w) for w in words]))
+        for n in range(1, 8):
+            if n <= len(words):
+                assert ngrams.top_chars(n) == top_chars(words, n), (words, n)
+            expected = duplicate_chars(words, n)
+            assert ngrams.duplicate_chars(n) == expected, (words, n)
+            assert all(ngrams.covered_chars(n) >= duplicate_chars(words, m) for m in range(n, 9)), (words, n)
+            if expected:  # stopped past a limit below the count, the count is still past it
+                assert ngrams.duplicate_chars(n, stop_above=expected - 1) > expected - 1
 
 
 def test_hashes_and_ellipses_have_a_limit_each():

@@ -145,12 +145,14 @@ def _gopher_repetition_reason(text: str, words: list[str], rules: WebRules) -> s
             return f"web_top_{n}gram"
         if not top_chars:
             break
-    for n, max_fraction in sorted(rules.max_duplicate_ngram_chars_fraction.items()):
-        duplicate_chars = ngrams.duplicate_chars(n, stop_above=int(max_fraction * len(text)))
-        if duplicate_chars / len(text) > max_fraction:
-            return f"web_duplicate_{n}gram"
-        if not duplicate_chars:
+    duplicate_limits = sorted(rules.max_duplicate_ngram_chars_fraction.items())
+    for i, (n, max_fraction) in enumerate(duplicate_limits):
+        # Repeats of n or more words lie inside repeated n-grams: once their words are within every
+        # limit left, no rule left can drop the document.
+        if ngrams.covered_chars(n) / len(text) <= min(fraction for _, fraction in duplicate_limits[i:]):
             break
+        if ngrams.duplicate_chars(n, stop_above=int(max_fraction * len(text))) / len(text) > max_fraction:
+            return f"web_duplicate_{n}gram"
     return None
 
 
@@ -316,6 +318,7 @@ class _WordNgrams:
 
     def __init__(self, word_ids: np.ndarray, word_lengths: np.ndarray) -> None:
         self._size = size = len(word_ids)
+        self._word_ids = word_ids
         self._key_base = max(int(word_ids.max()) if size else 0, size) + 1  # above every name, of every level
         self._offsets = np.concatenate([[0], np.cumsum(word_lengths)])  # characters before each word
         self._counted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -323,13 +326,16 @@ class _WordNgrams:
         self._names = {1: np.where(repeated, word_ids, -1)}  # per n: each start's name, -1 if it occurs once
 
     def _count(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """For the n-grams whose two (n-1)-grams both repeat: their starts, each distinct one's
-        count and first start, and which distinct one each start holds."""
+        """For the words, or the n-grams whose two (n-1)-grams both repeat: their starts, each
+        distinct one's count and first start, and which distinct one each start holds."""
         if n not in self._counted:
-            shorter = self._level(n - 1)
-            left, right = shorter[:-1], shorter[1:]
-            starts = np.flatnonzero((left >= 0) & (right >= 0))
-            keys = left[starts] * self._key_base + right[starts]
+            if n == 1:  # the words themselves
+                starts, keys = np.arange(self._size), self._word_ids
+            else:
+                shorter = self._level(n - 1)
+                left, right = shorter[:-1], shorter[1:]
+                starts = np.flatnonzero((left >= 0) & (right >= 0))
+                keys = left[starts] * self._key_base + right[starts]
             counts, first, which = _group(keys)
             self._counted[n] = (starts, counts, starts[first], which)
         return self._counted[n]
@@ -354,6 +360,18 @@ class _WordNgrams:
             return 0
         start = int(first_starts[counts == top].min())
         return (int(self._offsets[start + n] - self._offsets[start]) + n - 1) * top
+
+    def covered_chars(self, n: int) -> int:
+        """Characters of the words inside some repeated n-gram. The repeats that `duplicate_chars`
+        counts, at n or any longer length, are apart and inside such n-grams: it bounds them all."""
+        starts = np.flatnonzero(self._level(n) >= 0)
+        if not len(starts):
+            return 0
+        overlaps = np.zeros(len(starts), bool)  # with the n-gram before: one span of words
+        np.less(starts[1:], starts[:-1] + n, out=overlaps[1:])
+        span_starts = np.flatnonzero(~overlaps)
+        span_ends = starts[np.append(span_starts[1:], len(starts)) - 1] + n
+        return int((self._offsets[span_ends] - self._offsets[starts[span_starts]]).sum())
 
     def duplicate_chars(self, n: int, stop_above: int | None = None) -> int:
         """Characters of the n-grams (their words, without spaces) that repeat one seen before, read
@@ -380,15 +398,22 @@ class _WordNgrams:
 
 
 def _group(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """np.unique's counts, first indices and inverse, from one unstable sort (np.unique's stable
-    one, for the first indices, costs several times as much)."""
-    order = keys.argsort()
-    ordered = keys[order]
-    new = np.ones(len(keys), bool)
-    new[1:] = ordered[1:] != ordered[:-1]
-    group_starts = np.flatnonzero(new)
-    which = np.empty(len(keys), np.int64)
-    which[order] = np.cumsum(new) - 1
-    if not len(keys):
-        return group_starts, group_starts, which
-    return np.diff(group_starts, append=len(keys)), np.minimum.reduceat(order, group_starts), which
+    """np.unique's counts, first indices and inverse of non-negative keys. Each key carries its
+    index in its low bits, so one plain sort orders by key and then by index: two to three times
+    as fast as an argsort, and each group's first index is simply its first item."""
+    size = len(keys)
+    which = np.empty(size, np.int64)
+    if not size:
+        return which, which, which
+    bits = (size - 1).bit_length()
+    if int(keys.max()) >> (63 - bits):  # no room for the index: sort the keys' indices instead
+        order = keys.argsort(kind="stable")
+        ordered = keys[order]
+    else:
+        packed = np.sort(keys << bits | np.arange(size))
+        order, ordered = packed & ((1 << bits) - 1), packed >> bits
+    bounds = np.ones(size + 1, bool)  # where a group starts, and the end
+    np.not_equal(ordered[1:], ordered[:-1], out=bounds[1:size])
+    which[order] = bounds[:size].cumsum() - 1
+    group_bounds = np.flatnonzero(bounds)
+    return group_bounds[1:] - group_bounds[:-1], order[group_bounds[:-1]], which
