@@ -70,3 +70,20 @@ def test_the_ascii_infix_regex_is_the_infix_rules():
         cuts = sorted({0, len(chunk), *(i for span in words._infixes(chunk) for i in span)})
         assert [piece for piece in words._ASCII_INFIX.split(chunk) if piece] == [
             chunk[a:b] for a, b in zip(cuts, cuts[1:])], chunk
+
+
+def test_the_token_cache_gives_the_same_ids_and_words_after_it_is_cleared(monkeypatch):
+    """Chunks and tokens are numbered as they first come, new and known ones mixed in one text,
+    and the cache starts over when full: ids must stay equal for equal tokens, and words right."""
+    vocabulary = words._Vocabulary()
+    monkeypatch.setattr(words, "_VOCABULARY", vocabulary)
+    monkeypatch.setattr(vocabulary, "MAX_CHUNKS", 8)
+    texts = ["the cat, the hat.", "a cat's hat ((the cat)) isn't new", "the cat, the hat.", "so so new words, new cats' hats"]
+    for text in texts * 3:
+        ids, lengths = words.spacy_word_ids(text.split())
+        tokens = spacy_words(text.split())
+        assert [len(token) for token in tokens] == lengths.tolist()
+        assert all((a == b) == (x == y) for a, x in zip(ids.tolist(), tokens) for b, y in zip(ids.tolist(), tokens))
+    assert spacy_words(texts[1].split()) == [
+        "a", "cat", "'s", "hat", "(", "(", "the", "cat", ")", ")", "is", "n't", "new"]
+    assert len(vocabulary.chunk_numbers) <= 8 + len(texts[3].split())  # it was cleared on the way

@@ -12,8 +12,10 @@ and most new ones are plain words that need no splitting.
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import unicodedata
+from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
@@ -309,8 +311,10 @@ class _Vocabulary:
         self.clear()
 
     def clear(self) -> None:
-        self.chunk_numbers: dict[str, int] = {}
-        self.token_ids: dict[str, int] = {}
+        # A chunk or token not seen before gets the next number as it is looked up, in C, so a
+        # text's chunks are numbered in one pass whether or not they are new.
+        self.chunk_numbers: defaultdict[str, int] = defaultdict(itertools.count().__next__)
+        self.token_ids: defaultdict[str, int] = defaultdict(itertools.count().__next__)
         self.tokens: list[str] = []
         self.lengths = np.zeros(1 << 16, np.int64)  # characters of each token id
         self.starts = np.zeros(1 << 16, np.int64)  # per chunk number: where its token ids start in `flat`
@@ -322,11 +326,10 @@ class _Vocabulary:
         """The token ids of these chunks' tokens, in order, splitting the chunks not seen before."""
         if len(self.chunk_numbers) >= self.MAX_CHUNKS:
             self.clear()
-        try:
-            numbers = np.fromiter(map(self.chunk_numbers.__getitem__, chunks), np.int64, len(chunks))
-        except KeyError:  # new chunks: split and stored, then every chunk is known
-            self._add([chunk for chunk in dict.fromkeys(chunks) if chunk not in self.chunk_numbers])
-            numbers = np.fromiter(map(self.chunk_numbers.__getitem__, chunks), np.int64, len(chunks))
+        known = len(self.chunk_numbers)
+        numbers = np.fromiter(map(self.chunk_numbers.__getitem__, chunks), np.int64, len(chunks))
+        if len(self.chunk_numbers) > known:
+            self._add([chunks[i] for i in _first_of_each_new(numbers, known).tolist()])
         starts, sizes = self.starts[numbers], self.sizes[numbers]
         if len(sizes) and sizes.max() == 1 and sizes.min() == 1:  # one token per chunk (prose)
             return self.flat[starts]
@@ -335,19 +338,14 @@ class _Vocabulary:
         return self.flat[np.repeat(shift, sizes) + np.arange(int(sizes.sum()))]
 
     def _add(self, chunks: list[str]) -> None:
-        """Split and store chunks not seen before (each once), numbered in the order they come; the
-        arrays grow once per call."""
-        sizes, pieces = [], []
-        for chunk in chunks:
-            split = _split(chunk)
-            self.chunk_numbers[chunk] = len(self.chunk_numbers)
-            sizes.append(len(split))
-            pieces += split
-        token_ids, known = self.token_ids, len(self.tokens)
-        for token in dict.fromkeys(pieces):  # new tokens numbered in the order they come
-            if token not in token_ids:
-                token_ids[token] = len(self.tokens)
-                self.tokens.append(token)
+        """Split and store the chunks just numbered, in their numbers' order; the arrays grow once
+        per call."""
+        splits = list(map(_split, chunks))
+        sizes = list(map(len, splits))
+        pieces = list(itertools.chain.from_iterable(splits))
+        known = len(self.tokens)
+        ids = np.fromiter(map(self.token_ids.__getitem__, pieces), np.int64, len(pieces))
+        self.tokens += [pieces[i] for i in _first_of_each_new(ids, known).tolist()]
         self.lengths = _room(self.lengths, len(self.tokens))
         self.lengths[known: len(self.tokens)] = list(map(len, self.tokens[known:]))
         first = len(self.chunk_numbers) - len(sizes)
@@ -355,8 +353,14 @@ class _Vocabulary:
         self.flat = _room(self.flat, self.flat_size + len(pieces))
         self.sizes[first: len(self.chunk_numbers)] = sizes
         self.starts[first: len(self.chunk_numbers)] = self.flat_size + np.cumsum(sizes) - sizes
-        self.flat[self.flat_size: self.flat_size + len(pieces)] = list(map(token_ids.__getitem__, pieces))
+        self.flat[self.flat_size: self.flat_size + len(pieces)] = ids
         self.flat_size += len(pieces)
+
+
+def _first_of_each_new(numbers: np.ndarray, known: int) -> np.ndarray:
+    """Where each number from `known` on first comes, in the numbers' order: they were handed out
+    in turn as they came, so each comes first where it is above all the numbers before it."""
+    return np.flatnonzero(numbers > np.maximum.accumulate(np.concatenate([[known - 1], numbers[:-1]])))
 
 
 def _room(array: np.ndarray, size: int) -> np.ndarray:
