@@ -322,7 +322,8 @@ class _WordNgrams:
         self._key_base = max(int(word_ids.max()) if size else 0, size) + 1  # above every name, of every level
         self._offsets = np.concatenate([[0], np.cumsum(word_lengths)])  # characters before each word
         self._counted: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-        repeated = np.bincount(word_ids)[word_ids] > 1  # ids are small: a count per id, not a sort
+        # A count per id, even of a vocabulary much larger than the text, costs less than a sort.
+        repeated = np.bincount(word_ids)[word_ids] > 1
         self._names = {1: np.where(repeated, word_ids, -1)}  # per n: each start's name, -1 if it occurs once
 
     def _count(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
