@@ -369,6 +369,23 @@ def test_ngram_counts_are_datatroves_on_random_repetitive_texts():
                 assert ngrams.duplicate_chars(n, stop_above=expected - 1) > expected - 1
 
 
+def test_ngram_grouping_is_numpys_unique_with_small_and_huge_keys():
+    """Keys are grouped by one sort with each key's index in its low bits; keys too large to leave
+    room for the index take an argsort instead. Both must give np.unique's counts, first indices
+    and inverse."""
+    import numpy as np
+
+    from raylm.data.filters import _group
+
+    generator = np.random.default_rng(15)
+    for high in (3, 1000, 2**62):  # the last too large
+        for size in (0, 1, 2, 7, 300):
+            for keys in (generator.integers(0, high, size), generator.integers(0, 3, size) * (high // 3)):
+                _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+                for got, expected in zip(_group(keys), (counts, first, inverse)):
+                    assert got.tolist() == expected.tolist(), keys
+
+
 def test_hashes_and_ellipses_have_a_limit_each():
     # 6 hashtags and 6 ellipses on 106 words: 0.057 each, 0.113 together, over 0.1 only together.
     lines = sentences(20)
