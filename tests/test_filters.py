@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -334,8 +335,6 @@ def test_ngram_counts_are_datatroves_on_random_repetitive_texts():
     themselves (a most frequent n-gram that occurs once scoring 0, as in raylm). Random texts of
     few words repeat in every way: overlapping, nested, far apart. The bound that lets the rules
     stop early must hold for every longer n-gram too."""
-    import numpy as np
-
     from raylm.data.filters import _WordNgrams
 
     def top_chars(words, n):
@@ -359,22 +358,20 @@ def test_ngram_counts_are_datatroves_on_random_repetitive_texts():
         words = [generator.choice(vocabulary) for _ in range(generator.randint(1, 40))]
         ids = {word: i for i, word in enumerate(vocabulary)}
         ngrams = _WordNgrams(np.array([ids[w] for w in words]), np.array([len(w) for w in words]))
+        expected = {n: duplicate_chars(words, n) for n in range(1, 9)}
         for n in range(1, 8):
             if n <= len(words):
                 assert ngrams.top_chars(n) == top_chars(words, n), (words, n)
-            expected = duplicate_chars(words, n)
-            assert ngrams.duplicate_chars(n) == expected, (words, n)
-            assert all(ngrams.covered_chars(n) >= duplicate_chars(words, m) for m in range(n, 9)), (words, n)
-            if expected:  # stopped past a limit below the count, the count is still past it
-                assert ngrams.duplicate_chars(n, stop_above=expected - 1) > expected - 1
+            assert ngrams.duplicate_chars(n) == expected[n], (words, n)
+            assert all(ngrams.covered_chars(n) >= expected[m] for m in range(n, 9)), (words, n)
+            if expected[n]:  # stopped past a limit below the count, the count is still past it
+                assert ngrams.duplicate_chars(n, stop_above=expected[n] - 1) > expected[n] - 1
 
 
 def test_ngram_grouping_is_numpys_unique_with_small_and_huge_keys():
     """Keys are grouped by one sort with each key's index in its low bits; keys too large to leave
     room for the index take an argsort instead. Both must give np.unique's counts, first indices
     and inverse."""
-    import numpy as np
-
     from raylm.data.filters import _group
 
     generator = np.random.default_rng(15)
